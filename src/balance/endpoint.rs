@@ -1,0 +1,138 @@
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use crate::metrics::EndpointMetrics;
+
+/// One endpoint in a balancer's set: the discovered service plus the live load figures that
+/// pickers read.
+///
+/// Everything a picker reads is an atomic, so every clone of a [`Balance`](super::Balance) reads
+/// the same figures without a lock.
+pub struct Endpoint<K, S> {
+    key: K,
+    service: S,
+    weight: u32,
+    label: Arc<str>,
+    in_flight: AtomicUsize,
+    /// Peak-EWMA latency estimate, as `f64` bits, in nanoseconds; 0 until the first response.
+    cost_bits: AtomicU64,
+    /// When `cost_bits` was last updated, in nanoseconds since the balancer's epoch.
+    cost_at: AtomicU64,
+    removed: AtomicBool,
+    pub(crate) metrics: EndpointMetrics,
+}
+
+impl<K, S> Endpoint<K, S> {
+    pub(crate) fn new(key: K, service: S, weight: u32, upstream: &str) -> Self
+    where
+        K: fmt::Debug,
+    {
+        let label: Arc<str> = key_label(&key).into();
+        let metrics = EndpointMetrics::new(upstream, &label);
+        Self {
+            key,
+            service,
+            weight: weight.max(1),
+            label,
+            in_flight: AtomicUsize::new(0),
+            cost_bits: AtomicU64::new(0f64.to_bits()),
+            cost_at: AtomicU64::new(0),
+            removed: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    /// The discovery key.
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+
+    /// The endpoint's service.
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+
+    /// The balancing weight (at least 1).
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// The key as it appears in metric labels and logs.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Calls picked for this endpoint and not yet finished or dropped.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// True once discovery has removed the endpoint; no new call is sent to it after that.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Release);
+    }
+
+    /// The raw latency estimate (nanoseconds) and when it was last updated.
+    pub(crate) fn cost_state(&self) -> (f64, u64) {
+        (
+            f64::from_bits(self.cost_bits.load(Ordering::Relaxed)),
+            self.cost_at.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Stores a new latency estimate. Concurrent updates may overwrite each other; each is a
+    /// complete estimate, so the loser's sample is simply not counted.
+    pub(crate) fn set_cost(&self, cost_ns: f64, at: u64) {
+        self.cost_bits.store(cost_ns.to_bits(), Ordering::Relaxed);
+        self.cost_at.store(at, Ordering::Relaxed);
+    }
+
+    pub(crate) fn acquire(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics.in_flight.increment(1.0);
+    }
+
+    pub(crate) fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.in_flight.decrement(1.0);
+    }
+}
+
+impl<K: fmt::Debug, S> fmt::Debug for Endpoint<K, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("key", &self.key)
+            .field("weight", &self.weight)
+            .field("in_flight", &self.in_flight())
+            .field("removed", &self.is_removed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key as a label: its `Debug` form, without the quotes that `Debug` puts around strings.
+fn key_label<K: fmt::Debug>(key: &K) -> String {
+    let label = format!("{key:?}");
+    match label.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(inner) => inner.to_owned(),
+        None => label,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_label;
+
+    #[test]
+    fn labels() {
+        assert_eq!(key_label(&"users-1"), "users-1");
+        assert_eq!(key_label(&String::from("a")), "a");
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], 80).into();
+        assert_eq!(key_label(&addr), "127.0.0.1:80");
+        assert_eq!(key_label(&7u32), "7");
+    }
+}

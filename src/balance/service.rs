@@ -1,0 +1,372 @@
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rand::rngs::SmallRng;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tower::Service;
+use tower::discover::Discover;
+
+use super::endpoint::Endpoint;
+use super::future::ResponseFuture;
+use super::picker::{P2c, Pick, PickContext};
+use super::set::{EndpointSet, EndpointTable};
+use super::weighted::Weight;
+use super::worker;
+use crate::classify::{Classify, ErrorsAreFailures};
+use crate::metrics::BalanceMetrics;
+use crate::{BoxError, BuildError, rng};
+
+/// How many times the picker is asked again when it lands on an endpoint being removed.
+const MAX_REPICKS: usize = 4;
+
+/// A published set with the picker's schedule for it.
+pub(crate) struct Snapshot<K, S, Sch> {
+    /// Counts publications; 0 is the empty set the balancer starts with.
+    pub(crate) generation: u64,
+    pub(crate) set: EndpointSet<K, S>,
+    pub(crate) schedule: Sch,
+}
+
+/// What was published last: `(generation, number of endpoints)`.
+pub(crate) type Published = (u64, usize);
+
+/// The result of picking.
+pub(crate) enum Picked<K, S> {
+    /// An endpoint, with the call already counted against it.
+    Endpoint(Arc<Endpoint<K, S>>),
+    /// The published set is empty.
+    Empty,
+    /// Every endpoint of the set published as `generation` is being removed; the set that
+    /// replaces it is about to be published.
+    Stale(u64),
+}
+
+/// State shared by every clone of one balancer and by its discovery task.
+pub(crate) struct Shared<K, S, P: Pick, C> {
+    pub(crate) snapshot: ArcSwap<Snapshot<K, S, P::Schedule>>,
+    pub(crate) picker: P,
+    pub(crate) classify: C,
+    pub(crate) name: Arc<str>,
+    pub(crate) epoch: Instant,
+    pub(crate) published: watch::Sender<Published>,
+    pub(crate) metrics: BalanceMetrics,
+    pub(crate) wait_for_endpoints: Option<Duration>,
+    seed: u64,
+    clones: AtomicU64,
+}
+
+impl<K, S, P: Pick, C> Shared<K, S, P, C> {
+    pub(crate) fn nanos_since_epoch(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Picks an endpoint that is not being removed and counts the call against it.
+    ///
+    /// The discovery task flags removed endpoints *before* it publishes the set without them, so
+    /// no call is sent to an endpoint once its removal is published. A pick that lands on a
+    /// flagged endpoint asks the picker again, then scans the set; if every endpoint is flagged
+    /// the caller waits for the publication that is under way.
+    pub(crate) fn pick(&self, rng: &mut SmallRng, now: Instant) -> Picked<K, S> {
+        let snapshot = self.snapshot.load();
+        let set = &snapshot.set;
+        if set.is_empty() {
+            return Picked::Empty;
+        }
+        let mut cx = PickContext::new(self.nanos_since_epoch(now), rng);
+        for _ in 0..MAX_REPICKS {
+            let Some(endpoint) = self
+                .picker
+                .pick(set, &snapshot.schedule, &mut cx)
+                .and_then(|index| set.get(index))
+            else {
+                break;
+            };
+            if !endpoint.is_removed() {
+                endpoint.acquire();
+                return Picked::Endpoint(Arc::clone(endpoint));
+            }
+        }
+        let start = cx.random_below(set.len());
+        let live = (0..set.len())
+            .filter_map(|k| set.get((start + k) % set.len()))
+            .find(|endpoint| !endpoint.is_removed());
+        match live {
+            Some(endpoint) => {
+                endpoint.acquire();
+                Picked::Endpoint(Arc::clone(endpoint))
+            }
+            None => Picked::Stale(snapshot.generation),
+        }
+    }
+
+    fn clone_seed(&self) -> u64 {
+        let n = self.clones.fetch_add(1, Ordering::Relaxed);
+        splitmix(self.seed ^ splitmix(n))
+    }
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Aborts the discovery task when the last clone of the balancer is dropped.
+struct WorkerGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A `Clone` load balancer over endpoints published by a discovery stream.
+///
+/// Built with [`Balance::builder`]. See the [module docs](super) for how it works.
+///
+/// # Errors
+///
+/// A call fails with [`NoEndpoints`](crate::NoEndpoints) when the set is empty (after the
+/// optional [`wait_for_endpoints`](Builder::wait_for_endpoints)); otherwise with the endpoint's
+/// own error, boxed.
+///
+/// # Examples
+///
+/// ```
+/// use seawall::balance::{Balance, LeastConn};
+/// use seawall::discover::from_list;
+/// use tower::{service_fn, Service, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), seawall::BoxError> {
+/// let endpoints = from_list((0..3).map(|i| {
+///     (i, service_fn(move |x: u32| async move { Ok::<_, seawall::BoxError>(x + i) }))
+/// }));
+/// let balance = Balance::builder(endpoints)
+///     .name("adder")
+///     .picker(LeastConn::new())
+///     .wait_for_endpoints(std::time::Duration::from_secs(1))
+///     .build()?;
+/// let answer = balance.clone().oneshot(10).await?;
+/// assert!((10..13).contains(&answer));
+/// # Ok(())
+/// # }
+/// ```
+pub struct Balance<K, S, P: Pick = P2c, C = ErrorsAreFailures> {
+    shared: Arc<Shared<K, S, P, C>>,
+    rng: SmallRng,
+    _worker: Arc<WorkerGuard>,
+}
+
+impl<K, S, P: Pick, C> Balance<K, S, P, C> {
+    /// The balancer's name, as used in metric labels and errors.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The currently published endpoint set (a cheap, immutable snapshot).
+    pub fn endpoints(&self) -> EndpointSet<K, S> {
+        self.shared.snapshot.load().set.clone()
+    }
+
+    /// The picker.
+    pub fn picker(&self) -> &P {
+        &self.shared.picker
+    }
+}
+
+impl Balance<(), (), P2c, ErrorsAreFailures> {
+    /// Starts building a balancer fed by `discover`. Defaults: picker [`P2c`], classifier
+    /// [`ErrorsAreFailures`], name `"default"`, no wait for endpoints, weights all 1.
+    pub fn builder<D: Discover>(discover: D) -> Builder<D, P2c, ErrorsAreFailures> {
+        Builder {
+            discover,
+            picker: P2c::default(),
+            classify: ErrorsAreFailures,
+            name: Arc::from("default"),
+            wait_for_endpoints: None,
+            seed: None,
+            weight_of: |_| 1,
+        }
+    }
+}
+
+impl<K, S, P: Pick, C> Clone for Balance<K, S, P, C> {
+    fn clone(&self) -> Self {
+        Self {
+            rng: rng::small_rng(self.shared.clone_seed()),
+            shared: Arc::clone(&self.shared),
+            _worker: Arc::clone(&self._worker),
+        }
+    }
+}
+
+impl<K: fmt::Debug, S, P: Pick + fmt::Debug, C> fmt::Debug for Balance<K, S, P, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Balance")
+            .field("name", &self.shared.name)
+            .field("picker", &self.shared.picker)
+            .field("endpoints", &self.shared.snapshot.load().set)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, S, P, C, Req> Service<Req> for Balance<K, S, P, C>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    P: Pick,
+    C: Classify<S::Response, S::Error>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<K, S, P, C, Req>;
+
+    /// Always ready: the chosen endpoint's readiness is awaited by the response future.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let now = Instant::now();
+        let picked = self.shared.pick(&mut self.rng, now);
+        ResponseFuture::new(Arc::clone(&self.shared), picked, req, now, &mut self.rng)
+    }
+}
+
+/// Configures and builds a [`Balance`].
+pub struct Builder<D: Discover, P, C> {
+    discover: D,
+    picker: P,
+    classify: C,
+    name: Arc<str>,
+    wait_for_endpoints: Option<Duration>,
+    seed: Option<u64>,
+    weight_of: fn(&D::Service) -> u32,
+}
+
+impl<D: Discover, P, C> Builder<D, P, C> {
+    /// The picker. Default is [`P2c`].
+    pub fn picker<P2: Pick>(self, picker: P2) -> Builder<D, P2, C> {
+        Builder {
+            discover: self.discover,
+            picker,
+            classify: self.classify,
+            name: self.name,
+            wait_for_endpoints: self.wait_for_endpoints,
+            seed: self.seed,
+            weight_of: self.weight_of,
+        }
+    }
+
+    /// How results count for the load estimate and metrics. Default is [`ErrorsAreFailures`];
+    /// for HTTP use [`HttpStatus`](crate::classify::HttpStatus) so a 5xx counts as a failure.
+    pub fn classify<C2>(self, classify: C2) -> Builder<D, P, C2> {
+        Builder {
+            discover: self.discover,
+            picker: self.picker,
+            classify,
+            name: self.name,
+            wait_for_endpoints: self.wait_for_endpoints,
+            seed: self.seed,
+            weight_of: self.weight_of,
+        }
+    }
+
+    /// The name used in metric labels (`upstream`), logs and errors. Default is `"default"`.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Lets a call made while the set is empty wait up to `wait` for the first endpoints
+    /// (useful at start-up, before discovery has answered). Default is no wait: such a call fails
+    /// at once with [`NoEndpoints`](crate::NoEndpoints).
+    pub fn wait_for_endpoints(mut self, wait: Duration) -> Self {
+        self.wait_for_endpoints = Some(wait);
+        self
+    }
+
+    /// Seeds the random choices (P2C draws, least-connection ties) for reproducible runs.
+    /// Default is a random seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Takes each endpoint's weight from its service's [`Weight`] implementation (for example
+    /// [`Weighted`](super::Weighted) or [`HttpEndpoint`](crate::http::HttpEndpoint)). Default
+    /// is weight 1 for every endpoint.
+    pub fn weighted(mut self) -> Self
+    where
+        D::Service: Weight,
+    {
+        self.weight_of = <D::Service as Weight>::weight;
+        self
+    }
+
+    /// Builds the balancer and spawns its discovery task on the current Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError`] when called outside a Tokio runtime.
+    pub fn build(self) -> Result<Balance<D::Key, D::Service, P, C>, BuildError>
+    where
+        D: Send + 'static,
+        D::Key: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+        D::Service: Send + Sync + 'static,
+        D::Error: Into<BoxError>,
+        P: Pick,
+        C: Send + Sync + 'static,
+    {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| BuildError::no_runtime())?;
+        let empty = EndpointSet::empty();
+        let schedule = self.picker.schedule(&empty);
+        let seed = self.seed.unwrap_or_else(rng::random_seed);
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                generation: 0,
+                set: empty,
+                schedule,
+            }),
+            picker: self.picker,
+            classify: self.classify,
+            metrics: BalanceMetrics::new(&self.name),
+            name: self.name,
+            epoch: Instant::now(),
+            published: watch::Sender::new((0, 0)),
+            wait_for_endpoints: self.wait_for_endpoints,
+            seed,
+            clones: AtomicU64::new(0),
+        });
+        let task = runtime.spawn(worker::run(
+            self.discover,
+            Arc::downgrade(&shared),
+            EndpointTable::new(),
+            self.weight_of,
+        ));
+        Ok(Balance {
+            rng: rng::small_rng(shared.clone_seed()),
+            shared,
+            _worker: Arc::new(WorkerGuard(task)),
+        })
+    }
+}
+
+impl<D: Discover, P: fmt::Debug, C> fmt::Debug for Builder<D, P, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("name", &self.name)
+            .field("picker", &self.picker)
+            .field("wait_for_endpoints", &self.wait_for_endpoints)
+            .finish_non_exhaustive()
+    }
+}

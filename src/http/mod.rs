@@ -1,0 +1,273 @@
+//! HTTP glue: balance HTTP requests over discovered instances through one pooled client.
+//!
+//! [`HttpEndpoints`] turns a discovery stream of addresses (or [`Instance`]s) into a stream of
+//! [`HttpEndpoint`]s that all share one hyper-util `Client`, so connections are pooled per
+//! instance address and a new instance costs nothing but a new pool key.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::Empty;
+//! use seawall::balance::{Balance, LeastConn};
+//! use seawall::classify::HttpStatus;
+//! use seawall::discover::Registry;
+//! use seawall::http::{HttpEndpoints, default_client};
+//! use tower::ServiceExt;
+//!
+//! # async fn run(registry: Registry) -> Result<(), seawall::BoxError> {
+//! let client = default_client::<Empty<Bytes>>();
+//! let users = Balance::builder(HttpEndpoints::new(client, registry.watch("users")))
+//!     .name("users")
+//!     .picker(LeastConn::new())
+//!     .classify(HttpStatus)
+//!     .weighted()
+//!     .build()?;
+//! let request = http::Request::get("/users/42").body(Empty::new())?;
+//! let response = users.clone().oneshot(request).await?;
+//! println!("{}", response.status());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use futures_core::Stream;
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use pin_project::pin_project;
+use tower::Service;
+use tower::discover::Change;
+
+use crate::BoxError;
+use crate::balance::Weight;
+use crate::discover::Instance;
+
+/// A hyper-util client with seawall's defaults: HTTP/1.1 with a connection pool per address,
+/// `TCP_NODELAY` on, idle connections closed after 90 s.
+pub fn default_client<B>() -> Client<HttpConnector, B>
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+{
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .build(connector)
+}
+
+/// One instance, called through a shared hyper-util client.
+///
+/// A call rewrites the request's scheme and authority to `http://<instance address>` and keeps
+/// its path and query (an absent or `*` path becomes `/`). A `Host` header already on the request is
+/// left alone (virtual hosts keep working); without one, the client sets it to the instance
+/// address.
+pub struct HttpEndpoint<B> {
+    client: Client<HttpConnector, B>,
+    /// `None` only if the address does not form an authority, which cannot happen for a
+    /// socket address; calls then fail instead of going somewhere else.
+    authority: Option<Authority>,
+    addr: SocketAddr,
+    weight: u32,
+}
+
+impl<B> HttpEndpoint<B> {
+    /// An endpoint for `instance` over `client`.
+    pub fn new(client: Client<HttpConnector, B>, instance: &Instance) -> Self {
+        let addr = instance.addr();
+        let authority = Authority::try_from(addr.to_string()).ok();
+        Self {
+            client,
+            authority,
+            addr,
+            weight: instance.weight(),
+        }
+    }
+
+    /// The instance address requests go to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl<B> Clone for HttpEndpoint<B> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            authority: self.authority.clone(),
+            addr: self.addr,
+            weight: self.weight,
+        }
+    }
+}
+
+impl<B> fmt::Debug for HttpEndpoint<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpEndpoint")
+            .field("addr", &self.addr)
+            .field("weight", &self.weight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Weight for HttpEndpoint<B> {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+}
+
+impl<B> Service<http::Request<B>> for HttpEndpoint<B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = http::Response<Incoming>;
+    type Error = BoxError;
+    type Future = HttpResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // The pooled client is always ready; it queues for a connection inside the call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> HttpResponseFuture {
+        let Some(authority) = &self.authority else {
+            let error = format!(
+                "instance address {} is not a valid URI authority",
+                self.addr
+            );
+            return HttpResponseFuture::Failed(Some(error.into()));
+        };
+        match rewrite(request.uri(), authority) {
+            Ok(uri) => {
+                *request.uri_mut() = uri;
+                HttpResponseFuture::Sent(self.client.request(request))
+            }
+            Err(error) => HttpResponseFuture::Failed(Some(error.into())),
+        }
+    }
+}
+
+/// Points `uri` at `authority` over plain HTTP, keeping its path and query.
+fn rewrite(uri: &Uri, authority: &Authority) -> Result<Uri, http::Error> {
+    // Only an origin-form path can follow an authority; `*` and empty paths become `/`.
+    let path = uri
+        .path_and_query()
+        .filter(|p| p.path().starts_with('/'))
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query(path)
+        .build()
+}
+
+/// The future of an [`HttpEndpoint`] call.
+#[pin_project(project = HttpResponseProj)]
+pub enum HttpResponseFuture {
+    /// The request is on its way.
+    Sent(#[pin] hyper_util::client::legacy::ResponseFuture),
+    /// The request could not be sent.
+    Failed(Option<BoxError>),
+}
+
+impl fmt::Debug for HttpResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HttpResponseFuture")
+    }
+}
+
+impl Future for HttpResponseFuture {
+    type Output = Result<http::Response<Incoming>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            HttpResponseProj::Sent(future) => {
+                Poll::Ready(ready!(future.poll(cx)).map_err(Into::into))
+            }
+            HttpResponseProj::Failed(error) => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "http endpoint future polled after completion".into()))),
+        }
+    }
+}
+
+/// Maps a discovery stream of addresses or [`Instance`]s to [`HttpEndpoint`]s over one client.
+#[pin_project]
+pub struct HttpEndpoints<D, B> {
+    #[pin]
+    discover: D,
+    client: Client<HttpConnector, B>,
+}
+
+impl<D, B> HttpEndpoints<D, B> {
+    /// Endpoints for every instance `discover` publishes, all sharing `client`.
+    pub fn new(client: Client<HttpConnector, B>, discover: D) -> Self {
+        Self { discover, client }
+    }
+}
+
+impl<D: fmt::Debug, B> fmt::Debug for HttpEndpoints<D, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpEndpoints")
+            .field("discover", &self.discover)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D, K, V, E, B> Stream for HttpEndpoints<D, B>
+where
+    D: Stream<Item = Result<Change<K, V>, E>>,
+    V: Into<Instance>,
+{
+    type Item = Result<Change<K, HttpEndpoint<B>>, E>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.project();
+        let next = ready!(this.discover.poll_next(cx));
+        Poll::Ready(next.map(|item| {
+            item.map(|change| match change {
+                Change::Insert(key, value) => {
+                    Change::Insert(key, HttpEndpoint::new(this.client.clone(), &value.into()))
+                }
+                Change::Remove(key) => Change::Remove(key),
+            })
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrite_keeps_path_and_query() {
+        let authority = Authority::from_static("127.0.0.1:9001");
+        let cases = [
+            ("/users/42?x=1", "http://127.0.0.1:9001/users/42?x=1"),
+            ("http://users.internal/a", "http://127.0.0.1:9001/a"),
+            ("https://other:443/b?c", "http://127.0.0.1:9001/b?c"),
+            ("*", "http://127.0.0.1:9001/"),
+        ];
+        for (input, expected) in cases {
+            let uri: Uri = input.parse().unwrap();
+            assert_eq!(
+                rewrite(&uri, &authority).unwrap().to_string(),
+                expected,
+                "{input}"
+            );
+        }
+    }
+}

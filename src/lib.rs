@@ -1,0 +1,88 @@
+//! seawall keeps calls between services alive when instances die, stall or flood.
+//!
+//! It is a set of [Tower] middleware for calling one *logical service* that runs as many
+//! *instances*: a load balancer fed by a discovery stream ([`balance::Balance`]), discovery
+//! sources ([`discover`]), and — in later releases — circuit breakers, timeouts and retries
+//! composed in one path:
+//!
+//! ```text
+//! caller (axum handler, tonic client, gateway proxy)
+//!   └─ Deadline ............................ one budget for the whole call, retries included
+//!       └─ Retry ........................... classify → budget → backoff → again
+//!           └─ per-try Timeout
+//!               └─ Balance ................. picks one live endpoint (RoundRobin | LeastConn | P2c)
+//!                   ├─ endpoint "a" ─ load tracking ─ S (hyper client, tonic Channel, …)
+//!                   └─ … kept current by a discovery stream (Change::Insert / Change::Remove)
+//! ```
+//!
+//! # Quick start
+//!
+//! Balance over three instances registered in the in-process [`discover::Registry`]:
+//!
+//! ```
+//! use std::time::Duration;
+//! use seawall::balance::{Balance, RoundRobin};
+//! use seawall::discover::{Instance, Registry};
+//! use tower::{service_fn, Service, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), seawall::BoxError> {
+//! let registry = Registry::new();
+//! for (id, port) in [("users-1", 9001), ("users-2", 9002), ("users-3", 9003)] {
+//!     let addr = ([127, 0, 0, 1], port).into();
+//!     registry.register("users", Instance::new(id, addr), Duration::from_secs(10))?;
+//! }
+//!
+//! // Turn each discovered instance into a service. Here: a function that echoes its address;
+//! // with the `http` feature, `seawall::http::HttpEndpoints` gives pooled hyper clients instead.
+//! let discover = registry.watch("users").map_service(|instance| {
+//!     let addr = instance.addr();
+//!     service_fn(move |_req: ()| async move { Ok::<_, seawall::BoxError>(addr.port()) })
+//! });
+//!
+//! let mut users = Balance::builder(discover)
+//!     .picker(RoundRobin::new())
+//!     .wait_for_endpoints(Duration::from_secs(1))
+//!     .build()?;
+//!
+//! let mut ports = Vec::new();
+//! for _ in 0..6 {
+//!     ports.push(users.ready().await?.call(()).await?);
+//! }
+//! ports.sort();
+//! assert_eq!(ports, [9001, 9001, 9002, 9002, 9003, 9003]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `http` | yes | [`http::HttpEndpoints`]: `Balance` endpoints over one shared hyper-util client; HTTP status classification |
+//!
+//! # Metrics
+//!
+//! Every metric seawall emits goes through the [`metrics`](https://docs.rs/metrics) facade; the
+//! names, types and labels are listed in [`mod@metrics`].
+//!
+//! [Tower]: https://docs.rs/tower
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod balance;
+pub mod classify;
+pub mod discover;
+mod error;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
+pub mod metrics;
+mod rng;
+
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzz;
+
+pub use error::{BoxError, BuildError, NoEndpoints};

@@ -1,0 +1,99 @@
+//! Every metric seawall emits, in one place.
+//!
+//! seawall records through the [`metrics`](https://docs.rs/metrics) facade: install any recorder
+//! (for example `metrics-exporter-prometheus`) and these series appear; without one, recording
+//! costs a branch. Handles are created once per endpoint when discovery inserts it, never per call.
+//!
+//! | name | type | labels | meaning |
+//! | --- | --- | --- | --- |
+//! | `seawall_requests_total` | counter | `upstream`, `endpoint`, `outcome` (`success` \| `failure` \| `ignored` \| `cancelled`) | calls sent to an endpoint, by how they ended |
+//! | `seawall_request_duration_seconds` | histogram | `upstream`, `endpoint` | time from the call to its response or error (cancelled calls are not recorded) |
+//! | `seawall_in_flight` | gauge | `upstream`, `endpoint` | calls sent to the endpoint and not yet finished or dropped |
+//! | `seawall_endpoints` | gauge | `upstream`, `state` (`ready`) | endpoints in the published set, by state |
+//! | `seawall_no_endpoints_total` | counter | `upstream` | calls failed at once with [`NoEndpoints`](crate::NoEndpoints) |
+//! | `seawall_discovery_changes_total` | counter | `upstream`, `change` (`insert` \| `remove`) | discovery changes applied |
+//! | `seawall_discovery_errors_total` | counter | `upstream` (or `source` for a polling source) | errors from a discovery stream or poll; the last good set is kept |
+//!
+//! `upstream` is the name given to [`Builder::name`](crate::balance::Builder::name); `endpoint` is
+//! the discovery key, formatted with `Debug` for generic keys and plainly for addresses and strings.
+
+use metrics::{Counter, Gauge, Histogram, Label};
+
+/// `seawall_requests_total`: calls sent to an endpoint, labelled by outcome.
+pub const REQUESTS_TOTAL: &str = "seawall_requests_total";
+/// `seawall_request_duration_seconds`: latency of finished calls per endpoint.
+pub const REQUEST_DURATION_SECONDS: &str = "seawall_request_duration_seconds";
+/// `seawall_in_flight`: unfinished calls per endpoint.
+pub const IN_FLIGHT: &str = "seawall_in_flight";
+/// `seawall_endpoints`: endpoints in the published set, by state.
+pub const ENDPOINTS: &str = "seawall_endpoints";
+/// `seawall_no_endpoints_total`: calls rejected because no endpoint existed.
+pub const NO_ENDPOINTS_TOTAL: &str = "seawall_no_endpoints_total";
+/// `seawall_discovery_changes_total`: discovery changes applied, by kind.
+pub const DISCOVERY_CHANGES_TOTAL: &str = "seawall_discovery_changes_total";
+/// `seawall_discovery_errors_total`: discovery errors; the last good set is kept.
+pub const DISCOVERY_ERRORS_TOTAL: &str = "seawall_discovery_errors_total";
+
+/// Handles for one endpoint, created when it is inserted.
+#[derive(Debug, Clone)]
+pub(crate) struct EndpointMetrics {
+    pub(crate) success: Counter,
+    pub(crate) failure: Counter,
+    pub(crate) ignored: Counter,
+    pub(crate) cancelled: Counter,
+    pub(crate) in_flight: Gauge,
+    pub(crate) duration: Histogram,
+}
+
+impl EndpointMetrics {
+    pub(crate) fn new(upstream: &str, endpoint: &str) -> Self {
+        let labels = |outcome: &'static str| {
+            [
+                Label::new("upstream", upstream.to_owned()),
+                Label::new("endpoint", endpoint.to_owned()),
+                Label::new("outcome", outcome),
+            ]
+        };
+        let base = [
+            Label::new("upstream", upstream.to_owned()),
+            Label::new("endpoint", endpoint.to_owned()),
+        ];
+        Self {
+            success: metrics::counter!(REQUESTS_TOTAL, labels("success").to_vec()),
+            failure: metrics::counter!(REQUESTS_TOTAL, labels("failure").to_vec()),
+            ignored: metrics::counter!(REQUESTS_TOTAL, labels("ignored").to_vec()),
+            cancelled: metrics::counter!(REQUESTS_TOTAL, labels("cancelled").to_vec()),
+            in_flight: metrics::gauge!(IN_FLIGHT, base.to_vec()),
+            duration: metrics::histogram!(REQUEST_DURATION_SECONDS, base.to_vec()),
+        }
+    }
+}
+
+/// Handles for one balancer, created when it is built.
+#[derive(Debug, Clone)]
+pub(crate) struct BalanceMetrics {
+    pub(crate) endpoints_ready: Gauge,
+    pub(crate) no_endpoints: Counter,
+    pub(crate) inserts: Counter,
+    pub(crate) removes: Counter,
+    pub(crate) discovery_errors: Counter,
+}
+
+impl BalanceMetrics {
+    pub(crate) fn new(upstream: &str) -> Self {
+        let up = || Label::new("upstream", upstream.to_owned());
+        Self {
+            endpoints_ready: metrics::gauge!(ENDPOINTS, vec![up(), Label::new("state", "ready")]),
+            no_endpoints: metrics::counter!(NO_ENDPOINTS_TOTAL, vec![up()]),
+            inserts: metrics::counter!(
+                DISCOVERY_CHANGES_TOTAL,
+                vec![up(), Label::new("change", "insert")]
+            ),
+            removes: metrics::counter!(
+                DISCOVERY_CHANGES_TOTAL,
+                vec![up(), Label::new("change", "remove")]
+            ),
+            discovery_errors: metrics::counter!(DISCOVERY_ERRORS_TOTAL, vec![up()]),
+        }
+    }
+}
