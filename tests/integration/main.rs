@@ -1,1 +1,19 @@
+//! seawall's integration tests: one binary (each extra binary links the whole graph again).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
 
+mod alloc;
+mod balance;
+mod churn;
+mod http;
+mod polling;
+mod registry;
+mod support;
+
+#[global_allocator]
+static ALLOCATOR: support::CountingAllocator = support::CountingAllocator;
