@@ -20,6 +20,8 @@ pub struct Endpoint<K, S> {
     /// When `cost_bits` was last updated, in nanoseconds since the balancer's epoch.
     cost_at: AtomicU64,
     removed: AtomicBool,
+    /// Calls between their last look at `removed` and the return of the inner `call`.
+    sending: AtomicUsize,
     pub(crate) metrics: EndpointMetrics,
 }
 
@@ -39,6 +41,7 @@ impl<K, S> Endpoint<K, S> {
             cost_bits: AtomicU64::new(0f64.to_bits()),
             cost_at: AtomicU64::new(0),
             removed: AtomicBool::new(false),
+            sending: AtomicUsize::new(0),
             metrics,
         }
     }
@@ -73,8 +76,29 @@ impl<K, S> Endpoint<K, S> {
         self.removed.load(Ordering::Acquire)
     }
 
+    /// Flags the endpoint as removed. Once this returns and [`Self::is_sending`] reads false,
+    /// no call can reach the endpoint's service any more.
     pub(crate) fn mark_removed(&self) {
-        self.removed.store(true, Ordering::Release);
+        // SeqCst pairs with `begin_send`: either the sender sees the flag, or this side sees
+        // the sender's count and waits for it.
+        self.removed.store(true, Ordering::SeqCst);
+    }
+
+    /// True while a call that passed the removal check is still inside the service's `call`.
+    pub(crate) fn is_sending(&self) -> bool {
+        self.sending.load(Ordering::SeqCst) != 0
+    }
+
+    /// Announces a send; returns `None` (announcing nothing) when the endpoint was removed.
+    pub(crate) fn begin_send(&self) -> Option<SendGuard<'_>> {
+        self.sending.fetch_add(1, Ordering::SeqCst);
+        if self.removed.load(Ordering::SeqCst) {
+            self.sending.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(SendGuard {
+            sending: &self.sending,
+        })
     }
 
     /// The raw latency estimate (nanoseconds) and when it was last updated.
@@ -100,6 +124,17 @@ impl<K, S> Endpoint<K, S> {
     pub(crate) fn release(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.metrics.in_flight.decrement(1.0);
+    }
+}
+
+/// Ends an announced send when dropped (also if the service's `call` panics).
+pub(crate) struct SendGuard<'a> {
+    sending: &'a AtomicUsize,
+}
+
+impl Drop for SendGuard<'_> {
+    fn drop(&mut self) {
+        self.sending.fetch_sub(1, Ordering::Release);
     }
 }
 

@@ -177,24 +177,25 @@ where
                         this.state.set(State::Done);
                         return Poll::Ready(Err(error.into()));
                     }
-                    let removed = this
-                        .in_flight
-                        .as_ref()
-                        .is_some_and(|f| f.endpoint.is_removed());
-                    if removed {
+                    let Some(in_flight) = this.in_flight.take() else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    let Some(send) = in_flight.endpoint.begin_send() else {
                         // Discovery removed the endpoint while we waited for it to be ready:
                         // pick again.
-                        if let Some(old) = this.in_flight.take() {
-                            old.abandon();
-                        }
+                        in_flight.abandon();
                         this.repick();
                         continue;
-                    }
+                    };
                     let Some(req) = this.req.take() else {
+                        drop(send);
                         this.state.set(State::Done);
                         return Poll::Ready(Err(polled_after_completion()));
                     };
                     let future = service.call(req);
+                    drop(send);
+                    *this.in_flight = Some(in_flight);
                     this.state.set(State::Called { future });
                 }
                 StateProj::Called { future } => {

@@ -95,6 +95,20 @@ pub(crate) async fn run<D, P, C>(
             for endpoint in &batch.retired {
                 endpoint.mark_removed();
             }
+            // A call that passed the removal check just before the flag is inside the
+            // endpoint's synchronous `call` right now; let it return, so that once the new set
+            // is published no call can reach a removed endpoint.
+            for endpoint in &batch.retired {
+                let mut spins = 0u32;
+                while endpoint.is_sending() {
+                    spins += 1;
+                    if spins < 64 {
+                        std::hint::spin_loop();
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
             publish(&shared, &table);
         }
         if let Some(error) = batch.error {
