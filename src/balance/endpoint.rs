@@ -10,38 +10,52 @@ use crate::metrics::EndpointMetrics;
 /// Everything a picker reads is an atomic, so every clone of a [`Balance`](super::Balance) reads
 /// the same figures without a lock.
 pub struct Endpoint<K, S> {
+    hot: Hot,
     key: K,
     service: S,
-    weight: u32,
     label: Arc<str>,
+    pub(crate) metrics: EndpointMetrics,
+}
+
+/// What every pick reads, in one cache line: a pick over 10 000 endpoints touches one line per
+/// candidate instead of up to three.
+#[repr(C, align(64))]
+struct Hot {
     in_flight: AtomicUsize,
     /// Peak-EWMA latency estimate, as `f64` bits, in nanoseconds; 0 until the first response.
     cost_bits: AtomicU64,
     /// When `cost_bits` was last updated, in nanoseconds since the balancer's epoch.
     cost_at: AtomicU64,
-    removed: AtomicBool,
     /// Calls between their last look at `removed` and the return of the inner `call`.
     sending: AtomicUsize,
-    pub(crate) metrics: EndpointMetrics,
+    weight: u32,
+    removed: AtomicBool,
 }
 
 impl<K, S> Endpoint<K, S> {
-    pub(crate) fn new(key: K, service: S, weight: u32, upstream: &str) -> Self
+    /// An endpoint for `service` under `key`, with metric handles labelled by `upstream`.
+    ///
+    /// Balancers create endpoints themselves from discovery; this is public for custom
+    /// pickers' tests and benchmarks, which build [`EndpointTable`](super::EndpointTable)s
+    /// directly.
+    pub fn new(key: K, service: S, weight: u32, upstream: &str) -> Self
     where
         K: fmt::Debug,
     {
         let label: Arc<str> = key_label(&key).into();
         let metrics = EndpointMetrics::new(upstream, &label);
         Self {
+            hot: Hot {
+                in_flight: AtomicUsize::new(0),
+                cost_bits: AtomicU64::new(0f64.to_bits()),
+                cost_at: AtomicU64::new(0),
+                sending: AtomicUsize::new(0),
+                weight: weight.max(1),
+                removed: AtomicBool::new(false),
+            },
             key,
             service,
-            weight: weight.max(1),
             label,
-            in_flight: AtomicUsize::new(0),
-            cost_bits: AtomicU64::new(0f64.to_bits()),
-            cost_at: AtomicU64::new(0),
-            removed: AtomicBool::new(false),
-            sending: AtomicUsize::new(0),
             metrics,
         }
     }
@@ -58,7 +72,7 @@ impl<K, S> Endpoint<K, S> {
 
     /// The balancing weight (at least 1).
     pub fn weight(&self) -> u32 {
-        self.weight
+        self.hot.weight
     }
 
     /// The key as it appears in metric labels and logs.
@@ -68,12 +82,12 @@ impl<K, S> Endpoint<K, S> {
 
     /// Calls picked for this endpoint and not yet finished or dropped.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.hot.in_flight.load(Ordering::Relaxed)
     }
 
     /// True once discovery has removed the endpoint; no new call is sent to it after that.
     pub fn is_removed(&self) -> bool {
-        self.removed.load(Ordering::Acquire)
+        self.hot.removed.load(Ordering::Acquire)
     }
 
     /// Flags the endpoint as removed. Once this returns and [`Self::is_sending`] reads false,
@@ -81,48 +95,50 @@ impl<K, S> Endpoint<K, S> {
     pub(crate) fn mark_removed(&self) {
         // SeqCst pairs with `begin_send`: either the sender sees the flag, or this side sees
         // the sender's count and waits for it.
-        self.removed.store(true, Ordering::SeqCst);
+        self.hot.removed.store(true, Ordering::SeqCst);
     }
 
     /// True while a call that passed the removal check is still inside the service's `call`.
     pub(crate) fn is_sending(&self) -> bool {
-        self.sending.load(Ordering::SeqCst) != 0
+        self.hot.sending.load(Ordering::SeqCst) != 0
     }
 
     /// Announces a send; returns `None` (announcing nothing) when the endpoint was removed.
     pub(crate) fn begin_send(&self) -> Option<SendGuard<'_>> {
-        self.sending.fetch_add(1, Ordering::SeqCst);
-        if self.removed.load(Ordering::SeqCst) {
-            self.sending.fetch_sub(1, Ordering::SeqCst);
+        self.hot.sending.fetch_add(1, Ordering::SeqCst);
+        if self.hot.removed.load(Ordering::SeqCst) {
+            self.hot.sending.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
         Some(SendGuard {
-            sending: &self.sending,
+            sending: &self.hot.sending,
         })
     }
 
     /// The raw latency estimate (nanoseconds) and when it was last updated.
     pub(crate) fn cost_state(&self) -> (f64, u64) {
         (
-            f64::from_bits(self.cost_bits.load(Ordering::Relaxed)),
-            self.cost_at.load(Ordering::Relaxed),
+            f64::from_bits(self.hot.cost_bits.load(Ordering::Relaxed)),
+            self.hot.cost_at.load(Ordering::Relaxed),
         )
     }
 
     /// Stores a new latency estimate. Concurrent updates may overwrite each other; each is a
     /// complete estimate, so the loser's sample is simply not counted.
     pub(crate) fn set_cost(&self, cost_ns: f64, at: u64) {
-        self.cost_bits.store(cost_ns.to_bits(), Ordering::Relaxed);
-        self.cost_at.store(at, Ordering::Relaxed);
+        self.hot
+            .cost_bits
+            .store(cost_ns.to_bits(), Ordering::Relaxed);
+        self.hot.cost_at.store(at, Ordering::Relaxed);
     }
 
     pub(crate) fn acquire(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.hot.in_flight.fetch_add(1, Ordering::Relaxed);
         self.metrics.in_flight.increment(1.0);
     }
 
     pub(crate) fn release(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.hot.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.metrics.in_flight.decrement(1.0);
     }
 }
@@ -142,7 +158,7 @@ impl<K: fmt::Debug, S> fmt::Debug for Endpoint<K, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint")
             .field("key", &self.key)
-            .field("weight", &self.weight)
+            .field("weight", &self.hot.weight)
             .field("in_flight", &self.in_flight())
             .field("removed", &self.is_removed())
             .finish_non_exhaustive()

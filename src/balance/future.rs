@@ -5,16 +5,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project::pin_project;
-use rand::Rng;
-use rand::rngs::SmallRng;
 use tokio::time::Instant;
 use tower::Service;
 
 use super::endpoint::Endpoint;
-use super::picker::{Observation, Pick};
+use super::picker::{Observation, Pick, PickRng};
 use super::service::{Picked, Shared};
 use crate::classify::{Classify, Outcome};
-use crate::{BoxError, NoEndpoints, rng};
+use crate::{BoxError, NoEndpoints};
 
 /// The future of a [`Balance`](super::Balance) call.
 ///
@@ -136,7 +134,7 @@ where
         picked: Picked<K, S>,
         req: Req,
         started: Instant,
-        rng: &mut SmallRng,
+        rng: &mut PickRng,
     ) -> Self {
         let (state, in_flight) = next_state(&shared, picked, true);
         Self {
@@ -225,7 +223,7 @@ where
     /// Picks again from the current set and moves to the matching state.
     fn repick(&mut self) {
         *self.seed = self.seed.wrapping_add(1);
-        let mut rng = rng::small_rng(*self.seed);
+        let mut rng = PickRng::with_seed(*self.seed);
         let picked = self.shared.pick(&mut rng, Instant::now());
         let (state, in_flight) = next_state(self.shared, picked, false);
         *self.in_flight = in_flight;

@@ -43,7 +43,7 @@ mod worker;
 pub use self::endpoint::Endpoint;
 pub use self::future::ResponseFuture;
 pub use self::picker::{
-    LeastConn, Observation, P2c, Pick, PickContext, Picker, PickerSchedule, RoundRobin,
+    LeastConn, Observation, P2c, Pick, PickContext, PickRng, Picker, PickerSchedule, RoundRobin,
     RoundRobinSchedule, UnknownPicker, weighted_order,
 };
 pub use self::service::{Balance, Builder};

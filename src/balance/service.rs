@@ -6,7 +6,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use rand::rngs::SmallRng;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::Service;
@@ -14,7 +13,7 @@ use tower::discover::Discover;
 
 use super::endpoint::Endpoint;
 use super::future::ResponseFuture;
-use super::picker::{P2c, Pick, PickContext};
+use super::picker::{P2c, Pick, PickContext, PickRng};
 use super::set::{EndpointSet, EndpointTable};
 use super::weighted::Weight;
 use super::worker;
@@ -72,7 +71,7 @@ impl<K, S, P: Pick, C> Shared<K, S, P, C> {
     /// no call is sent to an endpoint once its removal is published. A pick that lands on a
     /// flagged endpoint asks the picker again, then scans the set; if every endpoint is flagged
     /// the caller waits for the publication that is under way.
-    pub(crate) fn pick(&self, rng: &mut SmallRng, now: Instant) -> Picked<K, S> {
+    pub(crate) fn pick(&self, rng: &mut PickRng, now: Instant) -> Picked<K, S> {
         let snapshot = self.snapshot.load();
         let set = &snapshot.set;
         if set.is_empty() {
@@ -161,7 +160,7 @@ impl Drop for WorkerGuard {
 /// ```
 pub struct Balance<K, S, P: Pick = P2c, C = ErrorsAreFailures> {
     shared: Arc<Shared<K, S, P, C>>,
-    rng: SmallRng,
+    rng: PickRng,
     _worker: Arc<WorkerGuard>,
 }
 
@@ -201,7 +200,7 @@ impl Balance<(), (), P2c, ErrorsAreFailures> {
 impl<K, S, P: Pick, C> Clone for Balance<K, S, P, C> {
     fn clone(&self) -> Self {
         Self {
-            rng: rng::small_rng(self.shared.clone_seed()),
+            rng: PickRng::with_seed(self.shared.clone_seed()),
             shared: Arc::clone(&self.shared),
             _worker: Arc::clone(&self._worker),
         }
@@ -354,7 +353,7 @@ impl<D: Discover, P, C> Builder<D, P, C> {
             self.weight_of,
         ));
         Ok(Balance {
-            rng: rng::small_rng(shared.clone_seed()),
+            rng: PickRng::with_seed(shared.clone_seed()),
             shared,
             _worker: Arc::new(WorkerGuard(task)),
         })

@@ -17,7 +17,9 @@ use super::endpoint::Endpoint;
 const CHUNK_BITS: usize = 6;
 const CHUNK: usize = 1 << CHUNK_BITS;
 
-type Chunk<K, S> = Arc<Vec<Arc<Endpoint<K, S>>>>;
+/// A chunk is one allocation: the reference counts, then the endpoint pointers inline, so a
+/// lookup is one dependent load from the chunk list to the endpoint pointer.
+type Chunk<K, S> = Arc<[Arc<Endpoint<K, S>>]>;
 
 /// A published, immutable set of endpoints.
 pub struct EndpointSet<K, S> {
@@ -129,17 +131,17 @@ where
         let endpoint = Arc::new(endpoint);
         *self.weights.entry(endpoint.weight()).or_default() += 1;
         if let Some(&at) = self.index.get(endpoint.key()) {
-            let old = std::mem::replace(self.slot_mut(at), endpoint);
+            let old = self.replace_slot(at, endpoint)?;
             self.forget_weight(old.weight());
             return Some(old);
         }
         let at = self.len;
         self.index.insert(endpoint.key().clone(), at);
-        if at & (CHUNK - 1) == 0 {
-            self.chunks.push(Arc::new(Vec::with_capacity(CHUNK)));
-        }
-        if let Some(last) = self.chunks.last_mut() {
-            Arc::make_mut(last).push(endpoint);
+        match self.chunks.last_mut() {
+            Some(last) if at & (CHUNK - 1) != 0 => {
+                *last = last.iter().cloned().chain(Some(endpoint)).collect();
+            }
+            _ => self.chunks.push(Arc::from([endpoint])),
         }
         self.len += 1;
         None
@@ -154,7 +156,7 @@ where
             tail
         } else {
             self.index.insert(tail.key().clone(), at);
-            std::mem::replace(self.slot_mut(at), tail)
+            self.replace_slot(at, tail)?
         };
         self.forget_weight(removed.weight());
         Some(removed)
@@ -175,17 +177,32 @@ where
         }
     }
 
-    fn slot_mut(&mut self, at: usize) -> &mut Arc<Endpoint<K, S>> {
-        // `at < len` always holds for indices from `self.index`.
-        let chunk = Arc::make_mut(&mut self.chunks[at >> CHUNK_BITS]);
-        &mut chunk[at & (CHUNK - 1)]
+    /// Puts `endpoint` at `at` (copying the chunk if a published snapshot shares it) and
+    /// returns what was there.
+    fn replace_slot(
+        &mut self,
+        at: usize,
+        endpoint: Arc<Endpoint<K, S>>,
+    ) -> Option<Arc<Endpoint<K, S>>> {
+        let chunk = self.chunks.get_mut(at >> CHUNK_BITS)?;
+        let i = at & (CHUNK - 1);
+        if let Some(slots) = Arc::get_mut(chunk) {
+            return slots
+                .get_mut(i)
+                .map(|slot| std::mem::replace(slot, endpoint));
+        }
+        let mut slots = chunk.to_vec();
+        let old = std::mem::replace(slots.get_mut(i)?, endpoint);
+        *chunk = slots.into();
+        Some(old)
     }
 
     fn pop_last(&mut self) -> Option<Arc<Endpoint<K, S>>> {
-        let chunk = self.chunks.last_mut()?;
-        let endpoint = Arc::make_mut(chunk).pop()?;
-        if chunk.is_empty() {
-            self.chunks.pop();
+        let chunk = self.chunks.pop()?;
+        let (last, rest) = chunk.split_last()?;
+        let endpoint = Arc::clone(last);
+        if !rest.is_empty() {
+            self.chunks.push(rest.iter().cloned().collect());
         }
         self.len -= 1;
         Some(endpoint)
