@@ -4,6 +4,10 @@
 //!
 //! `cargo bench --bench balance`
 
+// Benchmarks time with std::time::Instant on purpose (real time, no tokio clock) and unwrap:
+// a failure there is a broken fixture.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
 mod support;
 
 use std::time::{Duration, Instant};

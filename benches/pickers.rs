@@ -2,6 +2,8 @@
 //!
 //! `cargo bench --bench pickers`
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::hint::black_box;

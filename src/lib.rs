@@ -22,7 +22,7 @@
 //! ```
 //! use std::time::Duration;
 //! use seawall::balance::{Balance, RoundRobin};
-//! use seawall::discover::{Instance, Registry};
+//! use seawall::discover::{DiscoverExt, Instance, Registry};
 //! use tower::{service_fn, Service, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -86,3 +86,8 @@ mod rng;
 pub mod fuzz;
 
 pub use error::{BoxError, BuildError, NoEndpoints};
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(all(doctest, feature = "http"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

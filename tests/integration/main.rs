@@ -10,6 +10,7 @@
 mod alloc;
 mod balance;
 mod churn;
+#[cfg(feature = "http")]
 mod http;
 mod polling;
 mod registry;
