@@ -366,15 +366,22 @@ impl Pick for LeastConn {
 /// Power of two choices over a peak-EWMA latency estimate in which failures count as expensive.
 ///
 /// Each pick draws two distinct endpoints at random and takes the one with the lower cost,
-/// `latency estimate × (in_flight + 1) / weight`. An endpoint that has never answered costs
-/// nothing while idle (so it is tried) and is treated as very slow while its first calls are in
-/// flight. A failed call records a latency of at least [`failure_penalty`](Self::failure_penalty),
-/// so an endpoint that fails fast does not look fast.
+/// `latency estimate × (in_flight + 1) / weight`. An endpoint that has never answered is costed
+/// at [`initial_latency`](Self::initial_latency), so new endpoints share load with known ones
+/// until their first answers come back. A failed call records a latency of at least
+/// [`failure_penalty`](Self::failure_penalty), and at least twice the endpoint's current
+/// estimate, so an endpoint that fails fast does not look fast, and one that keeps failing is
+/// tried exponentially less often (a success resets it).
+///
+/// Like every power-of-two-choices balancer, it still sends a call to a bad endpoint when both
+/// draws are bad: with `k` bad endpoints out of `n`, about `k(k − 1) / (n(n − 1))` of calls.
+/// Taking sick endpoints out entirely is the job of per-endpoint circuit breakers.
 #[derive(Debug, Clone, Copy)]
 pub struct P2c {
     decay_ns: f64,
     inverse_decay: f64,
     failure_penalty_ns: f64,
+    initial_latency_ns: f64,
 }
 
 impl Default for P2c {
@@ -383,15 +390,14 @@ impl Default for P2c {
             decay_ns: 10e9,
             inverse_decay: 1e-10,
             failure_penalty_ns: 1e9,
+            initial_latency_ns: 30e6,
         }
     }
 }
 
-/// The cost of an endpoint that has not answered yet but has calls in flight.
-const UNKNOWN_BUSY_COST_NS: f64 = 1e12;
-
 impl P2c {
-    /// A P2C picker with the default decay (10 s) and failure penalty (1 s).
+    /// A P2C picker with the default decay (10 s), failure penalty (1 s) and initial latency
+    /// (30 ms).
     pub fn new() -> Self {
         Self::default()
     }
@@ -405,25 +411,35 @@ impl P2c {
     }
 
     /// The latency a failed call is recorded as, at least. Default is 1 s; set it above the
-    /// slowest latency a healthy endpoint has.
+    /// slowest latency a healthy endpoint has. Consecutive failures double it, up to 64 times.
     pub fn failure_penalty(mut self, penalty: Duration) -> Self {
         self.failure_penalty_ns = penalty.as_nanos() as f64;
         self
     }
 
-    /// The cost the picker compares for `endpoint` at `now_ns`.
-    pub fn cost<K, S>(&self, endpoint: &Endpoint<K, S>, now_ns: u64) -> f64 {
-        let (estimate, at) = endpoint.cost_state();
-        let in_flight = endpoint.in_flight() as f64;
-        let weight = f64::from(endpoint.weight());
-        if estimate == 0.0 {
-            return if in_flight > 0.0 {
-                UNKNOWN_BUSY_COST_NS + in_flight
-            } else {
-                0.0
-            };
+    /// The latency assumed for an endpoint that has not answered yet. Default is 30 ms.
+    pub fn initial_latency(mut self, latency: Duration) -> Self {
+        self.initial_latency_ns = (latency.as_nanos() as f64).max(1.0);
+        self
+    }
+
+    /// The latency estimate (nanoseconds) and its timestamp; an endpoint that has never
+    /// answered gets the initial latency, undecayed.
+    #[inline]
+    fn estimate<K, S>(&self, endpoint: &Endpoint<K, S>, now_ns: u64) -> (f64, u64) {
+        match endpoint.cost_state() {
+            (estimate, _) if estimate == 0.0 => (self.initial_latency_ns, now_ns),
+            known => known,
         }
-        ewma::decayed(estimate, at, now_ns, self.decay_ns) * (in_flight + 1.0) / weight
+    }
+
+    /// The cost the picker compares for `endpoint` at `now_ns`:
+    /// `decayed latency estimate × (in_flight + 1) / weight`, in nanoseconds.
+    pub fn cost<K, S>(&self, endpoint: &Endpoint<K, S>, now_ns: u64) -> f64 {
+        let (estimate, at) = self.estimate(endpoint, now_ns);
+        let in_flight = endpoint.in_flight() as f64;
+        ewma::decayed(estimate, at, now_ns, self.decay_ns) * (in_flight + 1.0)
+            / f64::from(endpoint.weight())
     }
 }
 
@@ -432,33 +448,19 @@ impl P2c {
     /// `e^(−(now − t)/τ)`, so only the difference of their timestamps matters, and the weights
     /// move across the comparison as products.
     #[inline]
-    fn cheaper<K, S>(&self, x: &Endpoint<K, S>, y: &Endpoint<K, S>) -> bool {
-        let (ex, tx) = x.cost_state();
-        let (ey, ty) = y.cost_state();
-        let (fx, fy) = (x.in_flight() as f64, y.in_flight() as f64);
-        if ex == 0.0 || ey == 0.0 {
-            // At least one endpoint has never answered: idle unknowns first, busy unknowns last.
-            let unknown = |e: f64, f: f64| {
-                if e != 0.0 {
-                    1.0
-                } else if f == 0.0 {
-                    0.0
-                } else {
-                    2.0 + f
-                }
-            };
-            return unknown(ex, fx) < unknown(ey, fy);
-        }
-        let lhs = ex * (fx + 1.0) * f64::from(y.weight());
-        let rhs = ey * (fy + 1.0) * f64::from(x.weight());
-        // lhs·e^(−(now−tx)/τ) < rhs·e^(−(now−ty)/τ)  ⇔  lhs < rhs·e^((tx−ty)/τ)
-        let x = (tx as f64 - ty as f64) * self.inverse_decay;
-        // Busy endpoints were updated within a fraction of τ of each other; there e^x is
-        // 1 + x + x²/2 to within 2·10⁻⁷, several times cheaper than `exp`.
-        let skew = if x.abs() < 0.01 {
-            1.0 + x + 0.5 * x * x
+    fn cheaper<K, S>(&self, x: &Endpoint<K, S>, y: &Endpoint<K, S>, now_ns: u64) -> bool {
+        let (ex, tx) = self.estimate(x, now_ns);
+        let (ey, ty) = self.estimate(y, now_ns);
+        let lhs = ex * (x.in_flight() as f64 + 1.0) * f64::from(y.weight());
+        let rhs = ey * (y.in_flight() as f64 + 1.0) * f64::from(x.weight());
+        // lhs·e^(−(now−tx)/τ) < rhs·e^(−(now−ty)/τ)  ⇔  lhs < rhs·e^((ty−tx)/τ)
+        let z = (ty as f64 - tx as f64) * self.inverse_decay;
+        // Busy endpoints were updated within a fraction of τ of each other; there e^z is
+        // 1 + z + z²/2 to within 2·10⁻⁷, several times cheaper than `exp`.
+        let skew = if z.abs() < 0.01 {
+            1.0 + z + 0.5 * z * z
         } else {
-            x.exp()
+            z.exp()
         };
         lhs < rhs * skew
     }
@@ -488,7 +490,7 @@ impl Pick for P2c {
             b += 1;
         }
         let (ea, eb) = (set.get(a)?, set.get(b)?);
-        if self.cheaper(eb, ea) {
+        if self.cheaper(eb, ea, cx.now_nanos()) {
             Some(b)
         } else {
             Some(a)
@@ -496,13 +498,19 @@ impl Pick for P2c {
     }
 
     fn observe<K, S>(&self, endpoint: &Endpoint<K, S>, observation: Observation) {
+        let (estimate, at) = endpoint.cost_state();
         let mut sample = observation.latency_ns as f64;
         if observation.outcome == Outcome::Failure {
-            sample = sample.max(self.failure_penalty_ns);
+            // A failure costs at least the penalty, and at least twice what the endpoint costs
+            // now, so consecutive failures back off exponentially (up to 64 × the penalty) and
+            // a loaded slow endpoint never looks worse than one that keeps failing.
+            let current = ewma::decayed(estimate, at, observation.now_ns, self.decay_ns);
+            sample = sample
+                .max(self.failure_penalty_ns)
+                .max((2.0 * current).min(64.0 * self.failure_penalty_ns));
         }
-        // A zero estimate means "unknown"; keep real samples strictly positive.
+        // A zero estimate means "never answered"; keep real samples strictly positive.
         let sample = sample.max(1.0);
-        let (estimate, at) = endpoint.cost_state();
         let next = if estimate == 0.0 {
             sample
         } else {
@@ -800,21 +808,89 @@ mod tests {
     }
 
     #[test]
-    fn p2c_probes_new_endpoints_once_then_waits_for_an_answer() {
-        let p2c = P2c::new();
+    fn p2c_costs_a_new_endpoint_at_the_initial_latency() {
+        let p2c = P2c::new().initial_latency(Duration::from_millis(30));
         let s = set(&[1, 1]);
+        let known = s.get(0).unwrap();
+        let fresh = s.get(1).unwrap();
+        let observe = |latency_ns, outcome| {
+            p2c.observe(
+                known,
+                Observation {
+                    latency_ns,
+                    outcome,
+                    now_ns: 0,
+                },
+            );
+        };
+        // A known 10 ms endpoint beats a fresh one (30 ms)...
+        observe(10_000_000, Outcome::Success);
+        assert!(picks(&p2c, &s, 100, 6).iter().all(|&i| i == 0));
+        // ...until it carries three calls (10 ms × 4 > 30 ms × 1).
+        for _ in 0..3 {
+            known.acquire();
+        }
+        assert!(picks(&p2c, &s, 100, 7).iter().all(|&i| i == 1));
+        // A known failure (1 s) loses to a fresh endpoint even while that one is busy.
+        for _ in 0..3 {
+            known.release();
+        }
+        observe(1_000_000, Outcome::Failure);
+        fresh.acquire();
+        fresh.acquire();
+        assert!(picks(&p2c, &s, 100, 8).iter().all(|&i| i == 1));
+        assert_eq!(p2c.cost(fresh, 123), 3.0 * 30e6);
+    }
+
+    #[test]
+    fn p2c_compares_decayed_estimates_of_different_ages() {
+        // a: 10 ms, measured 20 s ago (decays to 10 ms·e⁻² ≈ 1.35 ms); b: 5 ms, measured now.
+        let p2c = P2c::new().decay(Duration::from_secs(10));
+        let s = set(&[1, 1]);
+        let second = 1_000_000_000;
         p2c.observe(
             s.get(0).unwrap(),
             Observation {
-                latency_ns: 1_000_000,
+                latency_ns: 10_000_000,
                 outcome: Outcome::Success,
                 now_ns: 0,
             },
         );
-        // Endpoint 1 has never answered: idle it costs nothing, busy it costs a lot.
-        assert_eq!(picks(&p2c, &s, 1, 6), [1]);
-        s.get(1).unwrap().acquire();
-        assert!(picks(&p2c, &s, 100, 7).iter().all(|&i| i == 0));
+        p2c.observe(
+            s.get(1).unwrap(),
+            Observation {
+                latency_ns: 5_000_000,
+                outcome: Outcome::Success,
+                now_ns: 20 * second,
+            },
+        );
+        let now = 20 * second;
+        assert!(p2c.cost(s.get(0).unwrap(), now) < p2c.cost(s.get(1).unwrap(), now));
+        let schedule = p2c.schedule(&s);
+        let mut rng = PickRng::with_seed(9);
+        for _ in 0..50 {
+            let mut cx = PickContext::new(now, &mut rng);
+            assert_eq!(p2c.pick(&s, &schedule, &mut cx), Some(0));
+        }
+        // Close in time (within 1% of τ) the cheap expansion must agree with the exact cost.
+        let t = 20 * second + 50_000_000;
+        p2c.observe(
+            s.get(0).unwrap(),
+            Observation {
+                latency_ns: 6_000_000,
+                outcome: Outcome::Success,
+                now_ns: t,
+            },
+        );
+        let exact_a = p2c.cost(s.get(0).unwrap(), t);
+        let exact_b = p2c.cost(s.get(1).unwrap(), t);
+        let mut cx = PickContext::new(t, &mut rng);
+        let expected = if exact_a <= exact_b { 0 } else { 1 };
+        assert_eq!(
+            p2c.pick(&s, &schedule, &mut cx),
+            Some(expected),
+            "{exact_a} vs {exact_b}"
+        );
     }
 
     #[test]

@@ -12,6 +12,8 @@ mod balance;
 mod churn;
 #[cfg(feature = "http")]
 mod http;
+mod metrics;
+mod p2c;
 mod polling;
 mod registry;
 mod support;

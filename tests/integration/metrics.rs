@@ -1,0 +1,126 @@
+//! The series a balancer emits, read back from a debugging recorder.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::{CompositeKey, MetricKind};
+use seawall::NoEndpoints;
+use seawall::balance::{Balance, RoundRobin};
+use seawall::discover::Change;
+use tower::ServiceExt;
+
+use crate::support::{Named, channel, eventually};
+
+/// One global recorder for the test binary; each test filters by its own upstream name.
+fn snapshotter() -> &'static Snapshotter {
+    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
+    SNAPSHOTTER.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder
+            .install()
+            .expect("no other global recorder in this binary");
+        snapshotter
+    })
+}
+
+fn series(upstream: &str) -> Vec<(MetricKind, String, Vec<(String, String)>, DebugValue)> {
+    snapshotter()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value): (CompositeKey, _, _, DebugValue)| {
+            let (kind, key) = key.into_parts();
+            let labels: Vec<(String, String)> = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            labels
+                .iter()
+                .any(|(k, v)| k == "upstream" && v == upstream)
+                .then(|| (kind, key.name().to_owned(), labels, value))
+        })
+        .collect()
+}
+
+fn value<'a>(
+    all: &'a [(MetricKind, String, Vec<(String, String)>, DebugValue)],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<&'a DebugValue> {
+    all.iter()
+        .find(|(_, n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(.., v)| v)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_balancer_emits_the_documented_series() {
+    snapshotter();
+    let (tx, discover) = channel();
+    let balance = Balance::builder(discover)
+        .name("metrics-test")
+        .picker(RoundRobin::new())
+        .build()
+        .unwrap();
+    let error = balance.clone().oneshot(()).await.unwrap_err();
+    assert!(error.is::<NoEndpoints>());
+
+    tx.send(Ok(Change::Insert("a", Named::new("a")))).unwrap();
+    tx.send(Ok(Change::Insert("b", Named::new("b")))).unwrap();
+    eventually("published", || balance.endpoints().len() == 2).await;
+    for _ in 0..6 {
+        balance.clone().oneshot(()).await.unwrap();
+    }
+    tx.send(Ok(Change::Remove("b"))).unwrap();
+    eventually("removed", || balance.endpoints().len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+
+    let all = series("metrics-test");
+    let counter = |name, labels: &[(&str, &str)]| match value(&all, name, labels) {
+        Some(DebugValue::Counter(n)) => *n,
+        other => panic!("{name} {labels:?}: {other:?}"),
+    };
+    let gauge = |name, labels: &[(&str, &str)]| match value(&all, name, labels) {
+        Some(DebugValue::Gauge(g)) => g.into_inner(),
+        other => panic!("{name} {labels:?}: {other:?}"),
+    };
+    assert_eq!(counter("seawall_no_endpoints_total", &[]), 1);
+    assert_eq!(
+        counter(
+            "seawall_requests_total",
+            &[("endpoint", "a"), ("outcome", "success")]
+        ),
+        3
+    );
+    assert_eq!(
+        counter(
+            "seawall_requests_total",
+            &[("endpoint", "b"), ("outcome", "success")]
+        ),
+        3
+    );
+    assert_eq!(
+        counter("seawall_discovery_changes_total", &[("change", "insert")]),
+        2
+    );
+    assert_eq!(
+        counter("seawall_discovery_changes_total", &[("change", "remove")]),
+        1
+    );
+    assert_eq!(gauge("seawall_endpoints", &[("state", "ready")]), 1.0);
+    assert_eq!(gauge("seawall_in_flight", &[("endpoint", "a")]), 0.0);
+    match value(
+        &all,
+        "seawall_request_duration_seconds",
+        &[("endpoint", "a")],
+    ) {
+        Some(DebugValue::Histogram(samples)) => assert_eq!(samples.len(), 3),
+        other => panic!("histogram: {other:?}"),
+    }
+}
