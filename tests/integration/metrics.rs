@@ -12,6 +12,9 @@ use tower::ServiceExt;
 
 use crate::support::{Named, channel, eventually};
 
+/// One recorded series: kind, name, labels, value.
+type Series = (MetricKind, String, Vec<(String, String)>, DebugValue);
+
 /// One global recorder for the test binary; each test filters by its own upstream name.
 fn snapshotter() -> &'static Snapshotter {
     static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
@@ -25,7 +28,7 @@ fn snapshotter() -> &'static Snapshotter {
     })
 }
 
-fn series(upstream: &str) -> Vec<(MetricKind, String, Vec<(String, String)>, DebugValue)> {
+fn series(upstream: &str) -> Vec<Series> {
     snapshotter()
         .snapshot()
         .into_vec()
@@ -44,11 +47,7 @@ fn series(upstream: &str) -> Vec<(MetricKind, String, Vec<(String, String)>, Deb
         .collect()
 }
 
-fn value<'a>(
-    all: &'a [(MetricKind, String, Vec<(String, String)>, DebugValue)],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<&'a DebugValue> {
+fn value<'a>(all: &'a [Series], name: &str, labels: &[(&str, &str)]) -> Option<&'a DebugValue> {
     all.iter()
         .find(|(_, n, l, _)| {
             n == name
