@@ -266,3 +266,26 @@ fn building_outside_a_runtime_is_an_error_not_a_panic() {
     assert!(error.is_no_runtime());
     assert!(error.to_string().contains("Tokio runtime"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn weights_from_discovery_give_nginx_smooth_order() {
+    use seawall::balance::Weighted;
+    use seawall::discover::from_list;
+
+    let discover = from_list(
+        [("a", 5), ("b", 1), ("c", 1)]
+            .map(|(name, weight)| (name, Weighted::new(Named::new(name), weight))),
+    );
+    let mut balance = Balance::builder(discover)
+        .picker(RoundRobin::new())
+        .weighted()
+        .build()
+        .unwrap();
+    eventually("published", || balance.endpoints().len() == 3).await;
+    let mut order = Vec::new();
+    for _ in 0..14 {
+        order.push(balance.ready().await.unwrap().call(()).await.unwrap());
+    }
+    let period = ["a", "a", "b", "a", "c", "a", "a"];
+    assert_eq!(order, [period, period].concat());
+}
