@@ -87,3 +87,95 @@ impl fmt::Display for BuildError {
 }
 
 impl std::error::Error for BuildError {}
+
+/// A call was rejected at once because its circuit breaker is open.
+///
+/// The request was never sent, so it is safe to retry on any method — after
+/// [`retry_after`](Self::retry_after), or on another upstream.
+///
+/// # Examples
+///
+/// ```
+/// # use seawall::{BoxError, CircuitOpen};
+/// fn when_to_retry(error: &BoxError) -> Option<std::time::Duration> {
+///     error.downcast_ref::<CircuitOpen>()?.retry_after()
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CircuitOpen {
+    breaker: Arc<str>,
+    kind: CircuitOpenKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CircuitOpenKind {
+    Open(std::time::Duration),
+    TrialsBusy,
+    Forced,
+}
+
+impl CircuitOpen {
+    pub(crate) fn open(breaker: Arc<str>, retry_after: std::time::Duration) -> Self {
+        Self {
+            breaker,
+            kind: CircuitOpenKind::Open(retry_after),
+        }
+    }
+
+    pub(crate) fn trials_busy(breaker: Arc<str>) -> Self {
+        Self {
+            breaker,
+            kind: CircuitOpenKind::TrialsBusy,
+        }
+    }
+
+    pub(crate) fn forced(breaker: Arc<str>) -> Self {
+        Self {
+            breaker,
+            kind: CircuitOpenKind::Forced,
+        }
+    }
+
+    /// The name of the breaker that rejected the call.
+    pub fn breaker(&self) -> &str {
+        &self.breaker
+    }
+
+    /// How long until the breaker admits a trial call, when that is known: `None` while a
+    /// half-open trial is deciding, or while the breaker is forced open.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self.kind {
+            CircuitOpenKind::Open(after) => Some(after),
+            CircuitOpenKind::TrialsBusy | CircuitOpenKind::Forced => None,
+        }
+    }
+
+    /// True when an operator forced the circuit open.
+    pub fn is_forced(&self) -> bool {
+        self.kind == CircuitOpenKind::Forced
+    }
+}
+
+impl fmt::Display for CircuitOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = &self.breaker;
+        match self.kind {
+            CircuitOpenKind::Open(after) => write!(
+                f,
+                "circuit `{name}` is open after too many failures: calls fail fast for another \
+                 {after:?}, then a trial call is let through"
+            ),
+            CircuitOpenKind::TrialsBusy => write!(
+                f,
+                "circuit `{name}` is half-open and its trial calls are under way: calls fail fast \
+                 until they succeed (closing it) or fail (opening it again)"
+            ),
+            CircuitOpenKind::Forced => write!(
+                f,
+                "circuit `{name}` was forced open by an operator: calls fail until it is reset"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CircuitOpen {}

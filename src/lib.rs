@@ -72,6 +72,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod balance;
+pub mod breaker;
 pub mod classify;
 pub mod discover;
 mod error;
@@ -85,7 +86,7 @@ mod rng;
 #[doc(hidden)]
 pub mod fuzz;
 
-pub use error::{BoxError, BuildError, NoEndpoints};
+pub use error::{BoxError, BuildError, CircuitOpen, NoEndpoints};
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[cfg(all(doctest, feature = "http"))]
