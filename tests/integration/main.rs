@@ -9,6 +9,7 @@
 
 mod alloc;
 mod balance;
+mod breaker;
 mod churn;
 #[cfg(feature = "http")]
 mod http;
