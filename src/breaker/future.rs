@@ -30,7 +30,7 @@ struct Admitted<C> {
     breaker: Breaker,
     classify: C,
     permit: Permit,
-    started: Instant,
+    started: Option<Instant>,
 }
 
 impl<F, C> ResponseFuture<F, C> {
@@ -39,7 +39,7 @@ impl<F, C> ResponseFuture<F, C> {
         breaker: Breaker,
         classify: C,
         permit: Permit,
-        started: Instant,
+        started: Option<Instant>,
     ) -> Self {
         Self {
             inner: Some(inner),
@@ -86,7 +86,7 @@ where
             admitted.breaker.record(
                 admitted.permit,
                 Ending::Classified(outcome),
-                admitted.started.elapsed(),
+                admitted.started,
             );
         }
         Poll::Ready(result.map_err(Into::into))
@@ -97,11 +97,9 @@ where
 impl<F, C> PinnedDrop for ResponseFuture<F, C> {
     fn drop(self: Pin<&mut Self>) {
         if let Some(admitted) = self.project().admitted.take() {
-            admitted.breaker.record(
-                admitted.permit,
-                Ending::Cancelled,
-                admitted.started.elapsed(),
-            );
+            admitted
+                .breaker
+                .record(admitted.permit, Ending::Cancelled, admitted.started);
         }
     }
 }

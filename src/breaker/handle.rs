@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::config::{BreakerConfig, ConfigError, Mode};
 use super::layer::CircuitBreakerLayer;
 use super::state::{CircuitCore, Ending, Permit, Refusal, State, Transition};
-use crate::classify::ErrorsAreFailures;
+use crate::classify::{ErrorsAreFailures, Outcome};
 use crate::error::CircuitOpen;
 
 /// A circuit breaker's shared state: every service built from one `Breaker` (or its clones)
@@ -135,22 +135,85 @@ impl Breaker {
         self.inner.transitions.subscribe()
     }
 
+    /// Asks for leave to make one call outside a tower stack (resilience4j's
+    /// `tryAcquirePermission`): report how it ended with [`BreakerPermit::record`]; dropping
+    /// the permit unrecorded counts the call as cancelled.
+    ///
+    /// # Errors
+    ///
+    /// [`CircuitOpen`] when the call must not be made now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use seawall::breaker::{Breaker, BreakerConfig};
+    /// use seawall::classify::Outcome;
+    ///
+    /// # fn main() -> Result<(), seawall::BoxError> {
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    /// # let _guard = runtime.enter();
+    /// let breaker = Breaker::new("ledger", BreakerConfig::default())?;
+    /// let permit = breaker.try_acquire()?;
+    /// let answer = 6 * 7; // the guarded work
+    /// permit.record(if answer == 42 { Outcome::Success } else { Outcome::Failure });
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[inline]
+    pub fn try_acquire(&self) -> Result<BreakerPermit<'_>, CircuitOpen> {
+        let permit = self.acquire()?;
+        Ok(BreakerPermit {
+            breaker: self,
+            permit,
+            started: self.start(),
+            recorded: false,
+        })
+    }
+
     pub(crate) fn now(&self) -> u64 {
         nanos(Instant::now().saturating_duration_since(self.inner.epoch))
     }
 
+    #[inline]
     pub(crate) fn acquire(&self) -> Result<Permit, CircuitOpen> {
+        if let Some(permit) = self.inner.core.try_acquire_closed() {
+            return Ok(permit);
+        }
         let now = self.now();
         let (decision, transition) = self.inner.core.acquire(now);
         self.publish(transition);
         decision.map_err(|refusal| self.refusal(refusal, now))
     }
 
-    pub(crate) fn record(&self, permit: Permit, ending: Ending, elapsed: Duration) {
-        let transition = self
-            .inner
-            .core
-            .record(permit, ending, nanos(elapsed), self.now());
+    /// The start time a call must keep, if its duration will matter.
+    #[inline]
+    pub(crate) fn start(&self) -> Option<Instant> {
+        self.inner.core.tracks_duration().then(Instant::now)
+    }
+
+    #[inline]
+    pub(crate) fn record(&self, permit: Permit, ending: Ending, started: Option<Instant>) {
+        if !permit.counted() {
+            return;
+        }
+        let core = &self.inner.core;
+        // Read the clock once, and only if the window or the slow-call rule needs it, or the
+        // result may change the state (a trial, or a failure that may trip).
+        let needs_now = core.needs_time_to_record()
+            || started.is_some()
+            || permit.trial()
+            || ending != Ending::Classified(Outcome::Success);
+        let (now, elapsed) = if needs_now {
+            let now = Instant::now();
+            let elapsed = started.map_or(0, |s| nanos(now.saturating_duration_since(s)));
+            (
+                nanos(now.saturating_duration_since(self.inner.epoch)),
+                elapsed,
+            )
+        } else {
+            (0, 0)
+        };
+        let transition = core.record(permit, ending, elapsed, now);
         self.publish(transition);
     }
 
@@ -214,4 +277,42 @@ pub struct WindowCounts {
     pub failures: u64,
     /// Slow calls among them (0 unless slow calls are configured).
     pub slow: u64,
+}
+
+/// Leave to make one call, from [`Breaker::try_acquire`].
+///
+/// # Cancellation
+///
+/// Dropped without [`record`](Self::record), the call counts as cancelled: nothing for an
+/// ordinary call, a failure for a half-open trial.
+#[derive(Debug)]
+pub struct BreakerPermit<'a> {
+    breaker: &'a Breaker,
+    permit: Permit,
+    started: Option<Instant>,
+    recorded: bool,
+}
+
+impl BreakerPermit<'_> {
+    /// Reports how the call ended.
+    #[inline]
+    pub fn record(mut self, outcome: Outcome) {
+        self.recorded = true;
+        self.breaker
+            .record(self.permit, Ending::Classified(outcome), self.started);
+    }
+
+    /// True when this call is a half-open trial: its result decides the circuit.
+    pub fn is_trial(&self) -> bool {
+        self.permit.trial()
+    }
+}
+
+impl Drop for BreakerPermit<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker
+                .record(self.permit, Ending::Cancelled, self.started);
+        }
+    }
 }

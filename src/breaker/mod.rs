@@ -49,7 +49,7 @@ mod window;
 
 pub use self::config::{BreakerConfig, ConfigError, Mode, Window};
 pub use self::future::ResponseFuture;
-pub use self::handle::{Breaker, WindowCounts};
+pub use self::handle::{Breaker, BreakerPermit, WindowCounts};
 pub use self::layer::CircuitBreakerLayer;
 pub use self::service::CircuitBreaker;
 pub use self::state::{State, Transition};

@@ -1,6 +1,5 @@
 use std::task::{Context, Poll};
 
-use tokio::time::Instant;
 use tower::Service;
 
 use super::future::ResponseFuture;
@@ -72,7 +71,7 @@ where
                 self.breaker.clone(),
                 self.classify.clone(),
                 permit,
-                Instant::now(),
+                self.breaker.start(),
             ),
             Err(open) => ResponseFuture::rejected(open),
         }

@@ -70,12 +70,40 @@ fn mode_from_u8(value: u8) -> Mode {
     }
 }
 
-/// Leave to make one call, issued by [`CircuitCore::acquire`].
+/// Leave to make one call, issued by [`CircuitCore::acquire`]: the period it was issued in
+/// and two flags, packed in one word so it travels in a register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Permit {
-    pub(crate) trial: bool,
-    pub(crate) counted: bool,
-    pub(crate) period: u64,
+pub(crate) struct Permit(u64);
+
+impl Permit {
+    const TRIAL: u64 = 1;
+    const COUNTED: u64 = 2;
+
+    #[inline]
+    fn new(trial: bool, counted: bool, period: u64) -> Self {
+        Self(
+            (period << 2)
+                | if trial { Self::TRIAL } else { 0 }
+                | if counted { Self::COUNTED } else { 0 },
+        )
+    }
+
+    /// A half-open trial: its result decides the circuit.
+    #[inline]
+    pub(crate) fn trial(self) -> bool {
+        self.0 & Self::TRIAL != 0
+    }
+
+    /// Whether its result is counted at all (not in `Disabled` mode).
+    #[inline]
+    pub(crate) fn counted(self) -> bool {
+        self.0 & Self::COUNTED != 0
+    }
+
+    #[inline]
+    fn period(self) -> u64 {
+        self.0 >> 2
+    }
 }
 
 /// Why a call was refused.
@@ -157,6 +185,7 @@ impl CircuitCore {
         State::from_u8(self.phase.load(Ordering::Acquire))
     }
 
+    #[inline]
     pub(crate) fn mode(&self) -> Mode {
         mode_from_u8(self.mode.load(Ordering::Acquire))
     }
@@ -165,38 +194,50 @@ impl CircuitCore {
         self.window.counts(now_ns)
     }
 
+    /// Whether recording a result needs the time: only a time window does.
+    #[inline]
+    pub(crate) fn needs_time_to_record(&self) -> bool {
+        matches!(self.window, CallWindow::Time(_))
+    }
+
+    /// Whether a call's duration matters: only with slow-call detection.
+    #[inline]
+    pub(crate) fn tracks_duration(&self) -> bool {
+        self.slow_ns.is_some()
+    }
+
+    /// The closed-state fast path: a permit without reading the clock, when the breaker is
+    /// closed in normal mode (or passive); `None` when the full `acquire` must decide.
+    #[inline]
+    pub(crate) fn try_acquire_closed(&self) -> Option<Permit> {
+        let period = self.period.load(Ordering::Acquire);
+        match self.mode() {
+            Mode::Normal if self.phase.load(Ordering::Acquire) == CLOSED => {
+                Some(Permit::new(false, true, period))
+            }
+            Mode::ForcedClosed | Mode::MetricsOnly => Some(Permit::new(false, true, period)),
+            Mode::Disabled => Some(Permit::new(false, false, period)),
+            _ => None,
+        }
+    }
+
     /// Admits a call or says why not.
     pub(crate) fn acquire(&self, now_ns: u64) -> (Result<Permit, Refusal>, Option<Transition>) {
         let period = self.period.load(Ordering::Acquire);
         match self.mode() {
             Mode::ForcedOpen => return (Err(Refusal::Forced), None),
             Mode::Disabled => {
-                let permit = Permit {
-                    trial: false,
-                    counted: false,
-                    period,
-                };
+                let permit = Permit::new(false, false, period);
                 return (Ok(permit), None);
             }
             Mode::ForcedClosed | Mode::MetricsOnly => {
-                let permit = Permit {
-                    trial: false,
-                    counted: true,
-                    period,
-                };
+                let permit = Permit::new(false, true, period);
                 return (Ok(permit), None);
             }
             Mode::Normal => {}
         }
         match self.phase.load(Ordering::Acquire) {
-            CLOSED => (
-                Ok(Permit {
-                    trial: false,
-                    counted: true,
-                    period,
-                }),
-                None,
-            ),
+            CLOSED => (Ok(Permit::new(false, true, period)), None),
             OPEN => {
                 let until_ns = self.open_until.load(Ordering::Acquire);
                 if now_ns <= until_ns {
@@ -231,20 +272,12 @@ impl CircuitCore {
             HALF_OPEN if trials.admitted < self.config.trials => {
                 trials.admitted += 1;
                 let period = self.period.load(Ordering::Acquire);
-                Ok(Permit {
-                    trial: true,
-                    counted: true,
-                    period,
-                })
+                Ok(Permit::new(true, true, period))
             }
             HALF_OPEN => Err(Refusal::TrialsBusy),
             CLOSED => {
                 let period = self.period.load(Ordering::Acquire);
-                Ok(Permit {
-                    trial: false,
-                    counted: true,
-                    period,
-                })
+                Ok(Permit::new(false, true, period))
             }
             _ => Err(Refusal::Open {
                 until_ns: self.open_until.load(Ordering::Acquire),
@@ -253,6 +286,7 @@ impl CircuitCore {
     }
 
     /// Records how a permitted call ended; returns the transition it caused, if any.
+    #[inline]
     pub(crate) fn record(
         &self,
         permit: Permit,
@@ -260,11 +294,11 @@ impl CircuitCore {
         elapsed_ns: u64,
         now_ns: u64,
     ) -> Option<Transition> {
-        if !permit.counted {
+        if !permit.counted() {
             return None;
         }
         let slow = self.slow_ns.is_some_and(|limit| elapsed_ns > limit);
-        if permit.trial {
+        if permit.trial() {
             return self.record_trial(permit, ending, slow, now_ns);
         }
         let failure = match ending {
@@ -300,7 +334,7 @@ impl CircuitCore {
         now_ns: u64,
     ) -> Option<Transition> {
         let mut trials = self.lock();
-        if permit.period != self.period.load(Ordering::Acquire)
+        if permit.period() != self.period.load(Ordering::Acquire)
             || self.phase.load(Ordering::Acquire) != HALF_OPEN
         {
             return None; // a trial from an earlier period (reset, forced, already decided)
@@ -512,7 +546,7 @@ mod tests {
             Err(Refusal::Open { until_ns: until })
         );
         let (trial, transition) = core.acquire(until + 1);
-        assert!(trial.unwrap().trial);
+        assert!(trial.unwrap().trial());
         assert_eq!(
             transition,
             Some(Transition {
@@ -546,7 +580,7 @@ mod tests {
                 until_ns: t + 5 * S
             })
         );
-        assert!(core.acquire(t + 5 * S + 1).0.unwrap().trial);
+        assert!(core.acquire(t + 5 * S + 1).0.unwrap().trial());
     }
 
     #[test]
@@ -595,7 +629,7 @@ mod tests {
         assert_eq!(core.acquire(5 * S + 2).0, Err(Refusal::TrialsBusy));
         assert_eq!(core.record(trial.unwrap(), IGNORED, MS, 6 * S), None);
         assert_eq!(core.state(), State::HalfOpen);
-        assert!(core.acquire(6 * S).0.unwrap().trial);
+        assert!(core.acquire(6 * S).0.unwrap().trial());
     }
 
     #[test]

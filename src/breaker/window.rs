@@ -49,6 +49,7 @@ impl CallWindow {
         }
     }
 
+    #[inline]
     pub(crate) fn record(&self, sample: Sample, now_ns: u64) {
         match self {
             Self::Time(w) => w.record(sample, now_ns),
@@ -135,7 +136,10 @@ impl TimeWindow {
         if sample.slow {
             add(&self.slow[slot], bucket, 1, 0);
         }
-        self.last.fetch_max(bucket + 1, Ordering::AcqRel);
+        // Most records land in the bucket already stamped: a load, no read-modify-write.
+        if self.last.load(Ordering::Relaxed) < bucket + 1 {
+            self.last.fetch_max(bucket + 1, Ordering::AcqRel);
+        }
     }
 
     fn counts(&self, now_ns: u64) -> Counts {
@@ -194,12 +198,20 @@ impl CountWindow {
         }
     }
 
+    #[inline]
     fn record(&self, sample: Sample) {
         let at = (self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64) as usize;
         let new = SLOT_CALL
             | if sample.failure { SLOT_FAILURE } else { 0 }
             | if sample.slow { SLOT_SLOW } else { 0 };
-        let old = self.slots[at].swap(new, Ordering::AcqRel);
+        // The index from `fetch_add` is ours for this lap of the ring, so when the outcome it
+        // evicts is the one it writes (the common case: success over success), there is
+        // nothing to change and no need for a read-modify-write.
+        let slot = &self.slots[at];
+        if slot.load(Ordering::Acquire) == new {
+            return;
+        }
+        let old = slot.swap(new, Ordering::AcqRel);
         let delta = |bit: u8| i64::from(new & bit != 0) - i64::from(old & bit != 0);
         for (total, bit) in [
             (&self.calls, SLOT_CALL),
