@@ -5,7 +5,7 @@
 //! `cargo bench --bench breaker`
 
 // Benchmarks time with std::time::Instant on purpose (real time) and unwrap broken fixtures.
-#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+#![allow(clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
 
 mod support;
 
