@@ -82,6 +82,351 @@ fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The circuit breaker against a reference model.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::breaker::{BreakerConfig, Mode, State, Window};
+use crate::breaker_fuzz::{Core, Ending, Permit, Refusal};
+use crate::classify::Outcome;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ModelState {
+    Closed,
+    Open { until: u64 },
+    HalfOpen { admitted: u32, succeeded: u32 },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ModelPermit {
+    trial: bool,
+    counted: bool,
+    period: u64,
+}
+
+/// A deliberately naive breaker: every event kept in a list, counts recomputed each time.
+struct Model {
+    window: Window,
+    minimum_calls: u64,
+    failure_rate: f64,
+    slow: Option<(u64, f64)>,
+    config: BreakerConfig,
+    trials: u32,
+    state: ModelState,
+    mode: Mode,
+    reopens: u32,
+    period: u64,
+    /// (bucket number or sequence, failure, slow)
+    events: VecDeque<(u64, bool, bool)>,
+}
+
+impl Model {
+    fn counts(&self, now: u64) -> (u64, u64, u64) {
+        let live: Vec<&(u64, bool, bool)> = match self.window {
+            Window::Time { length, buckets } => {
+                let width = length.as_nanos() as u64 / u64::from(buckets);
+                let current = now / width;
+                self.events
+                    .iter()
+                    .filter(|(b, ..)| *b <= current && current - *b < u64::from(buckets))
+                    .collect()
+            }
+            Window::Count { calls } => self.events.iter().rev().take(calls as usize).collect(),
+        };
+        let calls = live.len() as u64;
+        let failures = live.iter().filter(|e| e.1).count() as u64;
+        let slow = live.iter().filter(|e| e.2).count() as u64;
+        (calls, failures, slow)
+    }
+
+    fn trips(&self, now: u64) -> bool {
+        let (calls, failures, slow) = self.counts(now);
+        calls > 0
+            && calls >= self.minimum_calls
+            && (failures as f64 * 100.0 >= self.failure_rate * calls as f64
+                || self
+                    .slow
+                    .is_some_and(|(_, pct)| slow as f64 * 100.0 >= pct * calls as f64))
+    }
+
+    fn open(&mut self, now: u64) {
+        let d = self.config.open_duration(self.reopens).as_nanos() as u64;
+        self.state = ModelState::Open {
+            until: now.saturating_add(d),
+        };
+        self.period += 1;
+    }
+
+    fn acquire(&mut self, now: u64) -> Result<ModelPermit, Refusal> {
+        let permit = |trial, counted, period| ModelPermit {
+            trial,
+            counted,
+            period,
+        };
+        match self.mode {
+            Mode::ForcedOpen => return Err(Refusal::Forced),
+            Mode::Disabled => return Ok(permit(false, false, self.period)),
+            Mode::ForcedClosed | Mode::MetricsOnly => return Ok(permit(false, true, self.period)),
+            Mode::Normal => {}
+        }
+        if let ModelState::Open { until } = self.state {
+            if now <= until {
+                return Err(Refusal::Open { until_ns: until });
+            }
+            self.state = ModelState::HalfOpen {
+                admitted: 0,
+                succeeded: 0,
+            };
+            self.period += 1;
+        }
+        match &mut self.state {
+            ModelState::Closed => Ok(permit(false, true, self.period)),
+            ModelState::HalfOpen { admitted, .. } if *admitted < self.trials => {
+                *admitted += 1;
+                Ok(permit(true, true, self.period))
+            }
+            _ => Err(Refusal::TrialsBusy),
+        }
+    }
+
+    fn record(&mut self, p: ModelPermit, ending: Ending, elapsed: u64, now: u64) {
+        if !p.counted {
+            return;
+        }
+        let slow = self.slow.is_some_and(|(limit, _)| elapsed > limit);
+        if p.trial {
+            let ModelState::HalfOpen {
+                admitted,
+                succeeded,
+            } = &mut self.state
+            else {
+                return;
+            };
+            if p.period != self.period {
+                return;
+            }
+            match ending {
+                Ending::Classified(Outcome::Success) if !slow => {
+                    *succeeded += 1;
+                    if *succeeded >= self.trials {
+                        self.state = ModelState::Closed;
+                        self.events.clear();
+                        self.reopens = 0;
+                        self.period += 1;
+                    }
+                }
+                Ending::Classified(Outcome::Ignored) => *admitted = admitted.saturating_sub(1),
+                _ => {
+                    self.reopens += 1;
+                    self.open(now);
+                }
+            }
+            return;
+        }
+        let failure = match ending {
+            Ending::Classified(Outcome::Success) => false,
+            Ending::Classified(Outcome::Failure) => true,
+            _ => return,
+        };
+        let key = match self.window {
+            Window::Time { length, buckets } => {
+                now / (length.as_nanos() as u64 / u64::from(buckets))
+            }
+            Window::Count { .. } => 0,
+        };
+        self.events.push_back((key, failure, slow));
+        if (failure || slow)
+            && self.mode == Mode::Normal
+            && self.state == ModelState::Closed
+            && self.trips(now)
+        {
+            self.reopens = 0;
+            self.open(now);
+        }
+    }
+
+    fn set_mode(&mut self, mode: Mode) {
+        let before = self.mode;
+        self.mode = mode;
+        if before == mode {
+            return;
+        }
+        match mode {
+            Mode::ForcedOpen => {
+                self.state = ModelState::Open { until: u64::MAX };
+                self.period += 1;
+            }
+            Mode::Normal => {
+                if self.state != ModelState::Closed {
+                    self.events.clear();
+                    self.state = ModelState::Closed;
+                    self.period += 1;
+                }
+            }
+            _ => {
+                self.state = ModelState::Closed;
+                self.period += 1;
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.mode = Mode::Normal;
+        self.state = ModelState::Closed;
+        self.events.clear();
+        self.reopens = 0;
+        self.period += 1;
+    }
+
+    fn state(&self) -> State {
+        match self.state {
+            ModelState::Closed => State::Closed,
+            ModelState::Open { .. } => State::Open,
+            ModelState::HalfOpen { .. } => State::HalfOpen,
+        }
+    }
+}
+
+/// Which states a run of [`breaker`] visited, so tests can check the harness is not vacuous.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Visited {
+    pub open: bool,
+    pub half_open: bool,
+    pub reclosed: bool,
+}
+
+/// Drives the breaker's state machine with an arbitrary configuration and sequence of admits,
+/// completions, clock advances, mode changes and resets, and checks state, counts and every
+/// admission decision against [`Model`].
+pub fn breaker(data: &[u8]) -> Visited {
+    let mut visited = Visited::default();
+    let Some((head, ops)) = data.split_first_chunk::<4>() else {
+        return visited;
+    };
+    let window = match head[0] % 4 {
+        0 => Window::Time {
+            length: Duration::from_secs(10),
+            buckets: 10,
+        },
+        1 => Window::Time {
+            length: Duration::from_secs(1),
+            buckets: 4,
+        },
+        2 => Window::Count { calls: 5 },
+        _ => Window::Count { calls: 10 },
+    };
+    let mut config = BreakerConfig::default()
+        .window(window)
+        .minimum_calls(u32::from(head[1] % 6) + 1)
+        .failure_rate([20.0, 50.0, 100.0][usize::from(head[1] / 6 % 3)])
+        .trials(u32::from(head[2] % 3) + 1)
+        .open_for(Duration::from_secs(5));
+    if head[2] & 0x10 != 0 {
+        config = config.open_backoff(2.0, Duration::from_secs(20));
+    }
+    let slow = (head[3] & 1 != 0).then_some((Duration::from_millis(50), 50.0));
+    if let Some((limit, pct)) = slow {
+        config = config.slow_calls(limit, pct);
+    }
+    config.validate().unwrap();
+    let core = Core::new(config.clone());
+    let mut model = Model {
+        window,
+        minimum_calls: u64::from(config.minimum_calls),
+        failure_rate: config.failure_rate,
+        slow: slow.map(|(d, p)| (d.as_nanos() as u64, p)),
+        trials: config.trials,
+        config,
+        state: ModelState::Closed,
+        mode: Mode::Normal,
+        reopens: 0,
+        period: 0,
+        events: VecDeque::new(),
+    };
+    const MS: u64 = 1_000_000;
+    let steps = [
+        0,
+        1,
+        MS,
+        250 * MS,
+        1_000 * MS,
+        5_000 * MS,
+        5_000 * MS + 1,
+        10_000 * MS,
+    ];
+    let mut now = 0u64;
+    let mut outstanding: Vec<(Permit, ModelPermit)> = Vec::new();
+    for op in ops.chunks_exact(2) {
+        let (kind, arg) = (op[0] % 8, op[1]);
+        match kind {
+            0 | 1 => now += steps[usize::from(arg % 8)],
+            2 | 3 | 4 => {
+                let real = core.acquire(now).0;
+                let expected = model.acquire(now);
+                match (real, expected) {
+                    (Ok(r), Ok(m)) => {
+                        assert_eq!(
+                            (r.trial(), r.counted()),
+                            (m.trial, m.counted),
+                            "permit kind"
+                        );
+                        outstanding.push((r, m));
+                    }
+                    (Err(r), Err(m)) => assert_eq!(r, m, "refusal"),
+                    (r, m) => panic!("acquire at {now}: real {r:?}, model {m:?}"),
+                }
+            }
+            5 | 6 if !outstanding.is_empty() => {
+                let (r, m) = outstanding.swap_remove(usize::from(arg) % outstanding.len());
+                let ending = match arg / 64 {
+                    0 => Ending::Classified(Outcome::Success),
+                    1 => Ending::Classified(Outcome::Failure),
+                    2 => Ending::Classified(Outcome::Ignored),
+                    _ => Ending::Cancelled,
+                };
+                let elapsed = if arg & 0x20 != 0 { 100 * MS } else { MS };
+                core.record(r, ending, elapsed, now);
+                model.record(m, ending, elapsed, now);
+            }
+            7 => {
+                if arg % 8 == 7 {
+                    core.reset();
+                    model.reset();
+                } else {
+                    let mode = [
+                        Mode::Normal,
+                        Mode::Normal,
+                        Mode::Normal,
+                        Mode::ForcedOpen,
+                        Mode::ForcedClosed,
+                        Mode::Disabled,
+                        Mode::MetricsOnly,
+                    ][usize::from(arg % 7)];
+                    core.set_mode(mode);
+                    model.set_mode(mode);
+                }
+            }
+            _ => {}
+        }
+        let before = visited;
+        assert_eq!(core.state(), model.state(), "state at {now}");
+        match core.state() {
+            State::Open => visited.open = true,
+            State::HalfOpen => visited.half_open = true,
+            State::Closed => visited.reclosed |= before.half_open,
+        }
+        let counts = core.counts(now);
+        assert_eq!(
+            (counts.calls, counts.failures, counts.slow),
+            model.counts(now),
+            "counts at {now}"
+        );
+    }
+    visited
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +472,29 @@ mod tests {
         for input in random_inputs(7, 300, 600) {
             endpoint_table(&input);
         }
+    }
+
+    #[test]
+    fn breaker_corpus() {
+        for input in corpus("breaker") {
+            breaker(&input);
+        }
+    }
+
+    #[test]
+    fn breaker_random() {
+        let (mut open, mut half_open, mut reclosed) = (0, 0, 0);
+        for input in random_inputs(13, 2000, 400) {
+            let visited = breaker(&input);
+            open += usize::from(visited.open);
+            half_open += usize::from(visited.half_open);
+            reclosed += usize::from(visited.reclosed);
+        }
+        // The random inputs must reach every state, or the comparison proves little.
+        assert!(
+            open > 200 && half_open > 100 && reclosed > 50,
+            "{open} {half_open} {reclosed}"
+        );
     }
 
     #[test]

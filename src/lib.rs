@@ -86,6 +86,12 @@ mod rng;
 #[doc(hidden)]
 pub mod fuzz;
 
+/// The breaker's internals, for the fuzz harness only.
+#[cfg(any(test, fuzzing))]
+mod breaker_fuzz {
+    pub(crate) use crate::breaker::fuzz_exports::{Core, Ending, Permit, Refusal};
+}
+
 pub use error::{BoxError, BuildError, CircuitOpen, NoEndpoints};
 
 /// The README's examples, compiled as doctests so they cannot rot.

@@ -53,3 +53,8 @@ pub use self::handle::{Breaker, BreakerPermit, WindowCounts};
 pub use self::layer::CircuitBreakerLayer;
 pub use self::service::CircuitBreaker;
 pub use self::state::{State, Transition};
+
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzz_exports {
+    pub(crate) use super::state::{CircuitCore as Core, Ending, Permit, Refusal};
+}
