@@ -362,7 +362,7 @@ pub fn breaker(data: &[u8]) -> Visited {
         let (kind, arg) = (op[0] % 8, op[1]);
         match kind {
             0 | 1 => now += steps[usize::from(arg % 8)],
-            2 | 3 | 4 => {
+            2..=4 => {
                 let real = core.acquire(now).0;
                 let expected = model.acquire(now);
                 match (real, expected) {
