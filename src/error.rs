@@ -60,12 +60,35 @@ pub struct BuildError {
 #[derive(Debug)]
 enum BuildErrorKind {
     NoRuntime,
+    Config(crate::breaker::ConfigError),
+    Invalid(&'static str, &'static str),
 }
 
 impl BuildError {
     pub(crate) fn no_runtime() -> Self {
         Self {
             kind: BuildErrorKind::NoRuntime,
+        }
+    }
+
+    pub(crate) fn config(error: crate::breaker::ConfigError) -> Self {
+        Self {
+            kind: BuildErrorKind::Config(error),
+        }
+    }
+
+    pub(crate) fn invalid(field: &'static str, reason: &'static str) -> Self {
+        Self {
+            kind: BuildErrorKind::Invalid(field, reason),
+        }
+    }
+
+    /// The configuration field that was out of range, if that is why the build failed.
+    pub fn field(&self) -> Option<&str> {
+        match &self.kind {
+            BuildErrorKind::Config(error) => Some(error.field()),
+            BuildErrorKind::Invalid(field, _) => Some(field),
+            BuildErrorKind::NoRuntime => None,
         }
     }
 
@@ -77,11 +100,15 @@ impl BuildError {
 
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
+        match &self.kind {
             BuildErrorKind::NoRuntime => f.write_str(
                 "no Tokio runtime: the balancer spawns its discovery task, so build it from \
                  inside a runtime (e.g. in an async fn run by #[tokio::main])",
             ),
+            BuildErrorKind::Config(error) => error.fmt(f),
+            BuildErrorKind::Invalid(field, reason) => {
+                write!(f, "invalid balancer config: `{field}` {reason}")
+            }
         }
     }
 }
@@ -179,3 +206,36 @@ impl fmt::Display for CircuitOpen {
 }
 
 impl std::error::Error for CircuitOpen {}
+
+/// A call failed at once because every endpoint of the balancer is ejected by its circuit
+/// breaker and panic mode is off (`panic_threshold(0.0)`).
+///
+/// The request was never sent, so it is safe to retry on any method, later.
+#[derive(Debug, Clone)]
+pub struct AllEjected {
+    upstream: Arc<str>,
+}
+
+impl AllEjected {
+    pub(crate) fn new(upstream: Arc<str>) -> Self {
+        Self { upstream }
+    }
+
+    /// The name of the upstream whose endpoints are all ejected.
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+}
+
+impl fmt::Display for AllEjected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "every endpoint of upstream `{}` is ejected after failing: calls fail fast until a \
+             trial call succeeds; check the instances' health",
+            self.upstream
+        )
+    }
+}
+
+impl std::error::Error for AllEjected {}

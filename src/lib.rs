@@ -92,7 +92,7 @@ mod breaker_fuzz {
     pub(crate) use crate::breaker::fuzz_exports::{Core, Ending, Permit, Refusal};
 }
 
-pub use error::{BoxError, BuildError, CircuitOpen, NoEndpoints};
+pub use error::{AllEjected, BoxError, BuildError, CircuitOpen, NoEndpoints};
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[cfg(all(doctest, feature = "http"))]

@@ -9,7 +9,10 @@
 //! | `seawall_requests_total` | counter | `upstream`, `endpoint`, `outcome` (`success` \| `failure` \| `ignored` \| `cancelled`) | calls sent to an endpoint, by how they ended |
 //! | `seawall_request_duration_seconds` | histogram | `upstream`, `endpoint` | time from the call to its response or error (cancelled calls are not recorded) |
 //! | `seawall_in_flight` | gauge | `upstream`, `endpoint` | calls sent to the endpoint and not yet finished or dropped |
-//! | `seawall_endpoints` | gauge | `upstream`, `state` (`ready`) | endpoints in the published set, by state |
+//! | `seawall_endpoints` | gauge | `upstream`, `state` (`ready` \| `ejected`) | endpoints in the published set (`ready`), and how many of them per-endpoint breakers have ejected (`ejected`: open or half-open) |
+//! | `seawall_breaker_state` | gauge | `breaker`, or `upstream` and `endpoint` | a circuit's state: 0 closed, 1 open, 2 half-open |
+//! | `seawall_breaker_transitions_total` | counter | `breaker`, or `upstream` and `endpoint`; `from`, `to` | state changes of a circuit |
+//! | `seawall_breaker_rejections_total` | counter | `breaker` | calls a standalone breaker refused |
 //! | `seawall_no_endpoints_total` | counter | `upstream` | calls failed at once with [`NoEndpoints`](crate::NoEndpoints) |
 //! | `seawall_discovery_changes_total` | counter | `upstream`, `change` (`insert` \| `remove`) | discovery changes applied |
 //! | `seawall_discovery_errors_total` | counter | `upstream` (or `source` for a polling source) | errors from a discovery stream or poll; the last good set is kept |
@@ -27,6 +30,12 @@ pub const REQUEST_DURATION_SECONDS: &str = "seawall_request_duration_seconds";
 pub const IN_FLIGHT: &str = "seawall_in_flight";
 /// `seawall_endpoints`: endpoints in the published set, by state.
 pub const ENDPOINTS: &str = "seawall_endpoints";
+/// `seawall_breaker_state`: a circuit's state (0 closed, 1 open, 2 half-open).
+pub const BREAKER_STATE: &str = "seawall_breaker_state";
+/// `seawall_breaker_transitions_total`: state changes of a circuit.
+pub const BREAKER_TRANSITIONS_TOTAL: &str = "seawall_breaker_transitions_total";
+/// `seawall_breaker_rejections_total`: calls a standalone breaker refused.
+pub const BREAKER_REJECTIONS_TOTAL: &str = "seawall_breaker_rejections_total";
 /// `seawall_no_endpoints_total`: calls rejected because no endpoint existed.
 pub const NO_ENDPOINTS_TOTAL: &str = "seawall_no_endpoints_total";
 /// `seawall_discovery_changes_total`: discovery changes applied, by kind.

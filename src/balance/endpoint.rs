@@ -2,6 +2,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use crate::breaker::State;
+use crate::breaker::endpoint::EndpointBreaker;
 use crate::metrics::EndpointMetrics;
 
 /// One endpoint in a balancer's set: the discovered service plus the live load figures that
@@ -15,6 +17,7 @@ pub struct Endpoint<K, S> {
     service: S,
     label: Arc<str>,
     pub(crate) metrics: EndpointMetrics,
+    breaker: Option<EndpointBreaker>,
 }
 
 /// What every pick reads, in one cache line: a pick over 10 000 endpoints touches one line per
@@ -57,7 +60,54 @@ impl<K, S> Endpoint<K, S> {
             service,
             label,
             metrics,
+            breaker: None,
         }
+    }
+
+    /// Gives the endpoint its own circuit breaker (outlier ejection).
+    pub(crate) fn with_breaker(mut self, breaker: EndpointBreaker) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
+    pub(crate) fn breaker(&self) -> Option<&EndpointBreaker> {
+        self.breaker.as_ref()
+    }
+
+    /// The state of the endpoint's circuit breaker, when the balancer has per-endpoint
+    /// breakers: `Open` while ejected, `HalfOpen` while its trial calls decide.
+    pub fn breaker_state(&self) -> Option<State> {
+        self.breaker.as_ref().map(EndpointBreaker::state)
+    }
+
+    /// Whether the endpoint is ejected but due a trial call at `now_ns`: pickers that rank by
+    /// cost take it over its rival, since its trial slots bound how many calls that sends.
+    #[inline]
+    pub fn trial_due(&self, now_ns: u64) -> bool {
+        self.breaker.as_ref().is_some_and(|b| b.trial_due(now_ns))
+    }
+
+    /// Records a result in the endpoint's breaker. A circuit that closes again forgets the
+    /// latency estimate from before it opened; the trial's latency becomes the new one.
+    pub(crate) fn record_in_breaker(
+        &self,
+        permit: crate::breaker::state_permit::Permit,
+        ending: crate::breaker::state_permit::Ending,
+        elapsed_ns: u64,
+        now_ns: u64,
+    ) {
+        if let Some(breaker) = &self.breaker {
+            if breaker.record(permit, ending, elapsed_ns, now_ns) == Some(State::Closed) {
+                self.set_cost(0.0, now_ns);
+            }
+        }
+    }
+
+    /// Whether a picker may choose this endpoint at `now_ns`: it is not ejected (or its trial
+    /// is due). Always true without per-endpoint breakers.
+    #[inline]
+    pub fn may_admit(&self, now_ns: u64) -> bool {
+        self.breaker.as_ref().is_none_or(|b| b.may_admit(now_ns))
     }
 
     /// The discovery key.

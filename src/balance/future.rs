@@ -11,8 +11,9 @@ use tower::Service;
 use super::endpoint::Endpoint;
 use super::picker::{Observation, Pick, PickRng};
 use super::service::{Picked, Shared};
+use crate::breaker::state_permit::{Ending, Permit};
 use crate::classify::{Classify, Outcome};
-use crate::{BoxError, NoEndpoints};
+use crate::{AllEjected, BoxError, NoEndpoints};
 
 /// The future of a [`Balance`](super::Balance) call.
 ///
@@ -51,28 +52,37 @@ enum State<S: Service<Req>, Req> {
     },
     /// Nothing to send to.
     NoEndpoints,
+    /// Every endpoint is ejected (and panic mode is off).
+    AllEjected,
     /// Completed.
     Done,
 }
 
-/// One call counted against one endpoint; dropping it un-counts the call.
+/// One call counted against one endpoint (and holding its breaker's permit, if any);
+/// dropping it un-counts the call.
 struct InFlight<K, S> {
     endpoint: Arc<Endpoint<K, S>>,
+    permit: Option<Permit>,
     finished: bool,
 }
 
 impl<K, S> InFlight<K, S> {
-    fn new(endpoint: Arc<Endpoint<K, S>>) -> Self {
+    fn new(endpoint: Arc<Endpoint<K, S>>, permit: Option<Permit>) -> Self {
         Self {
             endpoint,
+            permit,
             finished: false,
         }
     }
 
-    /// The call was never sent (the endpoint went away first): release without counting.
+    /// The call was never sent (the endpoint went away first): release without counting,
+    /// and give a trial slot back.
     fn abandon(mut self) {
         self.finished = true;
         self.endpoint.release();
+        if let (Some(permit), Some(breaker)) = (self.permit.take(), self.endpoint.breaker()) {
+            breaker.abandon(permit);
+        }
     }
 }
 
@@ -81,6 +91,11 @@ impl<K, S> Drop for InFlight<K, S> {
         if !self.finished {
             self.endpoint.release();
             self.endpoint.metrics.cancelled.increment(1);
+            if let (Some(permit), Some(breaker)) = (self.permit.take(), self.endpoint.breaker()) {
+                let now_ns = breaker.now_ns();
+                self.endpoint
+                    .record_in_breaker(permit, Ending::Cancelled, 0, now_ns);
+            }
         }
     }
 }
@@ -96,12 +111,13 @@ where
     P: Pick,
 {
     match picked {
-        Picked::Endpoint(endpoint) => (
+        Picked::Endpoint(endpoint, permit) => (
             State::Ready {
                 service: endpoint.service().clone(),
             },
-            Some(InFlight::new(endpoint)),
+            Some(InFlight::new(endpoint, permit)),
         ),
+        Picked::AllEjected => (State::AllEjected, None),
         Picked::Stale(generation) => {
             let mut published = shared.published.subscribe();
             let wait: Wait =
@@ -209,6 +225,11 @@ where
                     let error = NoEndpoints::new(Arc::clone(&this.shared.name));
                     return Poll::Ready(Err(error.into()));
                 }
+                StateProj::AllEjected => {
+                    this.state.set(State::Done);
+                    let error = AllEjected::new(Arc::clone(&this.shared.name));
+                    return Poll::Ready(Err(error.into()));
+                }
                 StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
             }
         }
@@ -239,7 +260,12 @@ where
         let endpoint = &in_flight.endpoint;
         let now = Instant::now();
         let latency = now.saturating_duration_since(*self.started);
+        let latency_ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        let now_ns = self.shared.nanos_since_epoch(now);
         endpoint.release();
+        if let Some(permit) = in_flight.permit.take() {
+            endpoint.record_in_breaker(permit, Ending::Classified(outcome), latency_ns, now_ns);
+        }
         let metrics = &endpoint.metrics;
         match outcome {
             Outcome::Success => metrics.success.increment(1),
@@ -250,9 +276,9 @@ where
         self.shared.picker.observe(
             endpoint,
             Observation {
-                latency_ns: u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+                latency_ns,
                 outcome,
-                now_ns: self.shared.nanos_since_epoch(now),
+                now_ns,
             },
         );
     }

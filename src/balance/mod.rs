@@ -46,6 +46,6 @@ pub use self::picker::{
     LeastConn, Observation, P2c, Pick, PickContext, PickRng, Picker, PickerSchedule, RoundRobin,
     RoundRobinSchedule, UnknownPicker, weighted_order,
 };
-pub use self::service::{Balance, Builder};
+pub use self::service::{Balance, Builder, EjectionStats};
 pub use self::set::{EndpointSet, EndpointTable};
 pub use self::weighted::{Weight, Weighted};

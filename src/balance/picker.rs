@@ -46,16 +46,44 @@ impl Default for PickRng {
     }
 }
 
-/// What a picker gets besides the set: the time and a random source.
+/// What a picker gets besides the set: the time, a random source, and whether ejected
+/// endpoints must be skipped.
 pub struct PickContext<'a> {
     now_ns: u64,
     rng: &'a mut PickRng,
+    skip_ejected: bool,
 }
 
 impl<'a> PickContext<'a> {
     /// A context at `now_ns` (nanoseconds since the balancer's epoch) drawing from `rng`.
     pub fn new(now_ns: u64, rng: &'a mut PickRng) -> Self {
-        Self { now_ns, rng }
+        Self {
+            now_ns,
+            rng,
+            skip_ejected: false,
+        }
+    }
+
+    /// The same, skipping endpoints whose circuit breaker will not admit a call now.
+    pub fn skipping_ejected(now_ns: u64, rng: &'a mut PickRng) -> Self {
+        Self {
+            now_ns,
+            rng,
+            skip_ejected: true,
+        }
+    }
+
+    /// Whether pickers must check [`is_eligible`](Self::is_eligible) at all.
+    #[inline]
+    pub fn skips_ejected(&self) -> bool {
+        self.skip_ejected
+    }
+
+    /// Whether `endpoint` may be chosen: every picker skips an endpoint whose breaker is open
+    /// (until its trial is due) or whose half-open trial slots are taken.
+    #[inline]
+    pub fn is_eligible<K, S>(&self, endpoint: &Endpoint<K, S>) -> bool {
+        !self.skip_ejected || endpoint.may_admit(self.now_ns)
     }
 
     /// Now, in nanoseconds since the balancer was built.
@@ -200,18 +228,26 @@ impl Pick for RoundRobin {
         &self,
         set: &EndpointSet<K, S>,
         schedule: &RoundRobinSchedule,
-        _: &mut PickContext<'_>,
+        cx: &mut PickContext<'_>,
     ) -> Option<usize> {
         if set.is_empty() {
             return None;
         }
-        let position = schedule
-            .modulo
-            .rem(self.next.fetch_add(1, Ordering::Relaxed));
-        match &schedule.order {
-            None => Some(position as usize),
-            Some(order) => order.get(position as usize).map(|&i| i as usize),
+        let next = || {
+            let position = schedule
+                .modulo
+                .rem(self.next.fetch_add(1, Ordering::Relaxed));
+            match &schedule.order {
+                None => Some(position as usize),
+                Some(order) => order.get(position as usize).map(|&i| i as usize),
+            }
+        };
+        if !cx.skips_ejected() {
+            return next();
         }
+        // Walk the order past ejected endpoints, at most one full period.
+        let period = schedule.order.as_ref().map_or(set.len(), |o| o.len());
+        (0..period).find_map(|_| next().filter(|&i| set.get(i).is_some_and(|e| cx.is_eligible(e))))
     }
 }
 
@@ -329,6 +365,9 @@ impl Pick for LeastConn {
         let mut first = 0;
         let mut ties = 0usize;
         for (i, endpoint) in set.iter().enumerate() {
+            if !cx.is_eligible(endpoint) {
+                continue;
+            }
             let load = (endpoint.in_flight() as u64, u64::from(endpoint.weight()));
             match best {
                 Some(b) if load.0 * b.1 > b.0 * load.1 => {}
@@ -348,7 +387,7 @@ impl Pick for LeastConn {
         let mut k = cx.random_below(ties);
         for (i, endpoint) in set.iter().enumerate().skip(first) {
             let load = (endpoint.in_flight() as u64, u64::from(endpoint.weight()));
-            if load.0 * best.1 == best.0 * load.1 {
+            if load.0 * best.1 == best.0 * load.1 && cx.is_eligible(endpoint) {
                 if k == 0 {
                     return Some(i);
                 }
@@ -482,21 +521,40 @@ impl Pick for P2c {
     ) -> Option<usize> {
         let n = set.len();
         if n <= 1 {
-            return (n == 1).then_some(0);
+            return set.get(0).filter(|e| cx.is_eligible(e)).map(|_| 0);
         }
-        // One draw gives both indices: the low and high halves, each mapped onto its range.
-        let random = cx.random_u64();
-        let a = below(random << 32, n);
-        let mut b = below(random & 0xffff_ffff_0000_0000, n - 1);
-        if b >= a {
-            b += 1;
+        for _ in 0..4 {
+            // One draw gives both indices: the low and high halves, each mapped onto its range.
+            let random = cx.random_u64();
+            let a = below(random << 32, n);
+            let mut b = below(random & 0xffff_ffff_0000_0000, n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (ea, eb) = (set.get(a)?, set.get(b)?);
+            if cx.skips_ejected() {
+                // An ejected endpoint whose trial is due wins: its cost is from before it
+                // failed, and its trial slots bound what it receives.
+                let now = cx.now_nanos();
+                if ea.trial_due(now) {
+                    return Some(a);
+                }
+                if eb.trial_due(now) {
+                    return Some(b);
+                }
+            }
+            match (cx.is_eligible(ea), cx.is_eligible(eb)) {
+                (true, true) if self.cheaper(eb, ea, cx.now_nanos()) => return Some(b),
+                (true, _) => return Some(a),
+                (false, true) => return Some(b),
+                (false, false) => {} // both ejected: draw again
+            }
         }
-        let (ea, eb) = (set.get(a)?, set.get(b)?);
-        if self.cheaper(eb, ea, cx.now_nanos()) {
-            Some(b)
-        } else {
-            Some(a)
-        }
+        // Mostly ejected: take the first eligible endpoint from a random start.
+        let start = cx.random_below(n);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| set.get(i).is_some_and(|e| cx.is_eligible(e)))
     }
 
     fn observe<K, S>(&self, endpoint: &Endpoint<K, S>, observation: Observation) {

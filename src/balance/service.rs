@@ -17,6 +17,8 @@ use super::picker::{P2c, Pick, PickContext, PickRng};
 use super::set::{EndpointSet, EndpointTable};
 use super::weighted::Weight;
 use super::worker;
+use crate::breaker::state_permit::Permit;
+use crate::breaker::{BreakerConfig, EjectionBudget};
 use crate::classify::{Classify, ErrorsAreFailures};
 use crate::metrics::BalanceMetrics;
 use crate::{BoxError, BuildError, rng};
@@ -37,10 +39,13 @@ pub(crate) type Published = (u64, usize);
 
 /// The result of picking.
 pub(crate) enum Picked<K, S> {
-    /// An endpoint, with the call already counted against it.
-    Endpoint(Arc<Endpoint<K, S>>),
+    /// An endpoint, with the call already counted against it, and the permit of its
+    /// breaker when the balancer has per-endpoint breakers.
+    Endpoint(Arc<Endpoint<K, S>>, Option<Permit>),
     /// The published set is empty.
     Empty,
+    /// Every endpoint is ejected and panic mode is off.
+    AllEjected,
     /// Every endpoint of the set published as `generation` is being removed; the set that
     /// replaces it is about to be published.
     Stale(u64),
@@ -56,8 +61,36 @@ pub(crate) struct Shared<K, S, P: Pick, C> {
     pub(crate) published: watch::Sender<Published>,
     pub(crate) metrics: BalanceMetrics,
     pub(crate) wait_for_endpoints: Option<Duration>,
+    pub(crate) ejection: Option<Ejection>,
     seed: u64,
     clones: AtomicU64,
+}
+
+/// Figures from a balancer's per-endpoint breakers; see [`Balance::ejection_stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EjectionStats {
+    /// Endpoints whose circuit is open or half-open now.
+    pub ejected: usize,
+    /// Ejections refused so far because the maximum ejection percentage was reached.
+    pub refused_by_cap: u64,
+}
+
+/// Per-endpoint breakers: their configuration, the shared ejection count, the panic rule.
+#[derive(Debug)]
+pub(crate) struct Ejection {
+    pub(crate) breaker: BreakerConfig,
+    pub(crate) budget: Arc<EjectionBudget>,
+    pub(crate) panic_threshold: f64,
+}
+
+impl Ejection {
+    /// Envoy's panic rule: fewer than `panic_threshold` % of endpoints available (strictly)
+    /// means using all of them.
+    fn in_panic(&self, endpoints: usize) -> bool {
+        let ejected = self.budget.ejected().min(endpoints as u64);
+        let available = (endpoints as u64 - ejected) as f64;
+        available * 100.0 < self.panic_threshold * endpoints as f64
+    }
 }
 
 impl<K, S, P: Pick, C> Shared<K, S, P, C> {
@@ -65,19 +98,28 @@ impl<K, S, P: Pick, C> Shared<K, S, P, C> {
         u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Picks an endpoint that is not being removed and counts the call against it.
+    /// Picks an endpoint that is not being removed (nor ejected) and counts the call against it.
     ///
     /// The discovery task flags removed endpoints *before* it publishes the set without them, so
     /// no call is sent to an endpoint once its removal is published. A pick that lands on a
-    /// flagged endpoint asks the picker again, then scans the set; if every endpoint is flagged
-    /// the caller waits for the publication that is under way.
+    /// flagged endpoint, or one whose breaker refuses, asks the picker again, then scans the
+    /// set; if every endpoint is flagged the caller waits for the publication under way.
     pub(crate) fn pick(&self, rng: &mut PickRng, now: Instant) -> Picked<K, S> {
         let snapshot = self.snapshot.load();
         let set = &snapshot.set;
         if set.is_empty() {
             return Picked::Empty;
         }
-        let mut cx = PickContext::new(self.nanos_since_epoch(now), rng);
+        let now_ns = self.nanos_since_epoch(now);
+        let panic = self
+            .ejection
+            .as_ref()
+            .is_some_and(|ejection| ejection.in_panic(set.len()));
+        let mut cx = if self.ejection.is_some() && !panic {
+            PickContext::skipping_ejected(now_ns, rng)
+        } else {
+            PickContext::new(now_ns, rng)
+        };
         for _ in 0..MAX_REPICKS {
             let Some(endpoint) = self
                 .picker
@@ -86,22 +128,45 @@ impl<K, S, P: Pick, C> Shared<K, S, P, C> {
             else {
                 break;
             };
-            if !endpoint.is_removed() {
-                endpoint.acquire();
-                return Picked::Endpoint(Arc::clone(endpoint));
+            if let Some(picked) = self.admit(endpoint, panic, now_ns) {
+                return picked;
             }
         }
         let start = cx.random_below(set.len());
-        let live = (0..set.len())
-            .filter_map(|k| set.get((start + k) % set.len()))
-            .find(|endpoint| !endpoint.is_removed());
-        match live {
-            Some(endpoint) => {
-                endpoint.acquire();
-                Picked::Endpoint(Arc::clone(endpoint))
+        let mut any_live = false;
+        for k in 0..set.len() {
+            let Some(endpoint) = set.get((start + k) % set.len()) else {
+                continue;
+            };
+            any_live |= !endpoint.is_removed();
+            if let Some(picked) = self.admit(endpoint, panic, now_ns) {
+                return picked;
             }
-            None => Picked::Stale(snapshot.generation),
         }
+        if any_live {
+            Picked::AllEjected
+        } else {
+            Picked::Stale(snapshot.generation)
+        }
+    }
+
+    /// Counts a call against `endpoint` if it is live and its breaker (if any) admits it.
+    fn admit(
+        &self,
+        endpoint: &Arc<Endpoint<K, S>>,
+        panic: bool,
+        now_ns: u64,
+    ) -> Option<Picked<K, S>> {
+        if endpoint.is_removed() {
+            return None;
+        }
+        let permit = match (endpoint.breaker(), &self.ejection) {
+            (Some(breaker), Some(_)) if !panic => Some(breaker.acquire(now_ns)?),
+            (Some(breaker), Some(_)) => Some(breaker.bypass_permit()),
+            _ => None,
+        };
+        endpoint.acquire();
+        Some(Picked::Endpoint(Arc::clone(endpoint), permit))
     }
 
     fn clone_seed(&self) -> u64 {
@@ -179,6 +244,15 @@ impl<K, S, P: Pick, C> Balance<K, S, P, C> {
     pub fn picker(&self) -> &P {
         &self.shared.picker
     }
+
+    /// How many endpoints per-endpoint breakers have ejected now, and how many ejections the
+    /// cap refused so far; `None` without [`endpoint_breaker`](Builder::endpoint_breaker).
+    pub fn ejection_stats(&self) -> Option<EjectionStats> {
+        self.shared.ejection.as_ref().map(|e| EjectionStats {
+            ejected: e.budget.ejected() as usize,
+            refused_by_cap: e.budget.overflow(),
+        })
+    }
 }
 
 impl Balance<(), (), P2c, ErrorsAreFailures> {
@@ -193,6 +267,7 @@ impl Balance<(), (), P2c, ErrorsAreFailures> {
             wait_for_endpoints: None,
             seed: None,
             weight_of: |_| 1,
+            ejection: None,
         }
     }
 }
@@ -249,6 +324,14 @@ pub struct Builder<D: Discover, P, C> {
     wait_for_endpoints: Option<Duration>,
     seed: Option<u64>,
     weight_of: fn(&D::Service) -> u32,
+    ejection: Option<EjectionOptions>,
+}
+
+#[derive(Debug, Clone)]
+struct EjectionOptions {
+    breaker: BreakerConfig,
+    max_ejection_percent: f64,
+    panic_threshold: f64,
 }
 
 impl<D: Discover, P, C> Builder<D, P, C> {
@@ -262,6 +345,7 @@ impl<D: Discover, P, C> Builder<D, P, C> {
             wait_for_endpoints: self.wait_for_endpoints,
             seed: self.seed,
             weight_of: self.weight_of,
+            ejection: self.ejection,
         }
     }
 
@@ -276,6 +360,7 @@ impl<D: Discover, P, C> Builder<D, P, C> {
             wait_for_endpoints: self.wait_for_endpoints,
             seed: self.seed,
             weight_of: self.weight_of,
+            ejection: self.ejection,
         }
     }
 
@@ -290,6 +375,48 @@ impl<D: Discover, P, C> Builder<D, P, C> {
     /// at once with [`NoEndpoints`](crate::NoEndpoints).
     pub fn wait_for_endpoints(mut self, wait: Duration) -> Self {
         self.wait_for_endpoints = Some(wait);
+        self
+    }
+
+    /// Gives every endpoint its own circuit breaker, so an endpoint that fails is taken out of
+    /// rotation (outlier ejection): every picker skips it while its circuit is open, and after
+    /// the open period it receives exactly its trial calls. Results are classified by
+    /// [`classify`](Self::classify). Default is no per-endpoint breakers.
+    ///
+    /// At most [`max_ejection_percent`](Self::max_ejection_percent) of the endpoints are
+    /// ejected at once, and below [`panic_threshold`](Self::panic_threshold) available
+    /// endpoints the balancer uses all of them anyway (Envoy's panic mode).
+    pub fn endpoint_breaker(mut self, config: BreakerConfig) -> Self {
+        let options = self.ejection.get_or_insert(EjectionOptions {
+            breaker: BreakerConfig::default(),
+            max_ejection_percent: 50.0,
+            panic_threshold: 50.0,
+        });
+        options.breaker = config;
+        self
+    }
+
+    /// The most endpoints, in percent, that per-endpoint breakers may eject at once; an
+    /// ejection is allowed while `100 × ejected < percent × endpoints`, so one endpoint can
+    /// always be ejected (Envoy's original rule; see the crate's breaker docs for why not the
+    /// current one). Default is 50 — Envoy's 10 suits fleets of dozens of hosts, not three.
+    /// Only meaningful with [`endpoint_breaker`](Self::endpoint_breaker).
+    pub fn max_ejection_percent(mut self, percent: f64) -> Self {
+        if let Some(options) = &mut self.ejection {
+            options.max_ejection_percent = percent;
+        }
+        self
+    }
+
+    /// Below this percentage of available (not ejected) endpoints — strictly below, as in
+    /// Envoy — the balancer ignores ejections and uses every endpoint. 0 disables panic mode:
+    /// with every endpoint ejected, calls then fail at once with
+    /// [`AllEjected`](crate::AllEjected). Default is 50 (Envoy's). Only meaningful with
+    /// [`endpoint_breaker`](Self::endpoint_breaker).
+    pub fn panic_threshold(mut self, percent: f64) -> Self {
+        if let Some(options) = &mut self.ejection {
+            options.panic_threshold = percent;
+        }
         self
     }
 
@@ -327,6 +454,30 @@ impl<D: Discover, P, C> Builder<D, P, C> {
     {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| BuildError::no_runtime())?;
+        let ejection = match self.ejection {
+            Some(options) => {
+                options.breaker.validate().map_err(BuildError::config)?;
+                let percent = |p: f64| (0.0..=100.0).contains(&p);
+                if !percent(options.max_ejection_percent) {
+                    return Err(BuildError::invalid(
+                        "max_ejection_percent",
+                        "must be in [0, 100]",
+                    ));
+                }
+                if !percent(options.panic_threshold) {
+                    return Err(BuildError::invalid(
+                        "panic_threshold",
+                        "must be in [0, 100]",
+                    ));
+                }
+                Some(Ejection {
+                    breaker: options.breaker,
+                    budget: Arc::new(EjectionBudget::new(options.max_ejection_percent)),
+                    panic_threshold: options.panic_threshold,
+                })
+            }
+            None => None,
+        };
         let empty = EndpointSet::empty();
         let schedule = self.picker.schedule(&empty);
         let seed = self.seed.unwrap_or_else(rng::random_seed);
@@ -343,6 +494,7 @@ impl<D: Discover, P, C> Builder<D, P, C> {
             epoch: Instant::now(),
             published: watch::Sender::new((0, 0)),
             wait_for_endpoints: self.wait_for_endpoints,
+            ejection,
             seed,
             clones: AtomicU64::new(0),
         });

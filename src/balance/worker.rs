@@ -14,6 +14,7 @@ use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tower::discover::{Change, Discover};
 
 use super::endpoint::Endpoint;
@@ -21,6 +22,8 @@ use super::picker::Pick;
 use super::service::{Shared, Snapshot};
 use super::set::EndpointTable;
 use crate::BoxError;
+use crate::breaker::endpoint::EndpointBreaker;
+use crate::breaker::{BreakerConfig, EjectionBudget};
 
 /// The most changes applied before publishing, so a firehose still publishes regularly.
 const MAX_BATCH: usize = 4096;
@@ -48,8 +51,20 @@ pub(crate) async fn run<D, P, C>(
     D::Error: Into<BoxError>,
     P: Pick,
 {
-    let Some(name) = shared.upgrade().map(|s| Arc::clone(&s.name)) else {
+    let Some((name, epoch, ejection)) = shared.upgrade().map(|s| {
+        let ejection = s
+            .ejection
+            .as_ref()
+            .map(|e| (e.breaker.clone(), Arc::clone(&e.budget)));
+        (Arc::clone(&s.name), s.epoch, ejection)
+    }) else {
         return;
+    };
+    let endpoints = EndpointFactory {
+        upstream: name.clone(),
+        weight_of,
+        epoch,
+        ejection,
     };
     let mut discover = pin!(discover);
     let mut backoff = FIRST_BACKOFF;
@@ -66,7 +81,7 @@ pub(crate) async fn run<D, P, C>(
             loop {
                 match discover.as_mut().poll_discover(cx) {
                     Poll::Ready(Some(Ok(change))) => {
-                        apply(&mut table, change, &name, weight_of, &mut batch);
+                        apply(&mut table, change, &endpoints, &mut batch);
                         if batch.applied >= MAX_BATCH {
                             return Poll::Ready(batch);
                         }
@@ -94,6 +109,9 @@ pub(crate) async fn run<D, P, C>(
             shared.metrics.removes.increment(batch.removes);
             for endpoint in &batch.retired {
                 endpoint.mark_removed();
+                if let Some(breaker) = endpoint.breaker() {
+                    breaker.retire();
+                }
             }
             // A call that passed the removal check just before the flag is inside the
             // endpoint's synchronous `call` right now; let it return, so that once the new set
@@ -129,11 +147,38 @@ pub(crate) async fn run<D, P, C>(
     }
 }
 
+/// Makes endpoints for discovered services: weight, labels, and a breaker when configured.
+struct EndpointFactory<S> {
+    upstream: Arc<str>,
+    weight_of: fn(&S) -> u32,
+    epoch: Instant,
+    ejection: Option<(BreakerConfig, Arc<EjectionBudget>)>,
+}
+
+impl<S> EndpointFactory<S> {
+    fn make<K: fmt::Debug>(&self, key: K, service: S) -> Endpoint<K, S> {
+        let weight = (self.weight_of)(&service);
+        let endpoint = Endpoint::new(key, service, weight, &self.upstream);
+        match &self.ejection {
+            Some((config, budget)) => {
+                let label: Arc<str> = endpoint.label().into();
+                endpoint.with_breaker(EndpointBreaker::new(
+                    config.clone(),
+                    Arc::clone(budget),
+                    self.epoch,
+                    Arc::clone(&self.upstream),
+                    label,
+                ))
+            }
+            None => endpoint,
+        }
+    }
+}
+
 fn apply<K, S>(
     table: &mut EndpointTable<K, S>,
     change: Change<K, S>,
-    upstream: &str,
-    weight_of: fn(&S) -> u32,
+    endpoints: &EndpointFactory<S>,
     batch: &mut Batch<K, S>,
 ) where
     K: Hash + Eq + Clone + fmt::Debug,
@@ -142,8 +187,7 @@ fn apply<K, S>(
     match change {
         Change::Insert(key, service) => {
             batch.inserts += 1;
-            let weight = weight_of(&service);
-            if let Some(old) = table.insert(Endpoint::new(key, service, weight, upstream)) {
+            if let Some(old) = table.insert(endpoints.make(key, service)) {
                 batch.retired.push(old);
             }
         }
@@ -170,5 +214,8 @@ where
         schedule,
     }));
     shared.metrics.endpoints_ready.set(len as f64);
+    if let Some(ejection) = &shared.ejection {
+        ejection.budget.set_endpoints(len);
+    }
     shared.published.send_replace((generation, len));
 }

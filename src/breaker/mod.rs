@@ -40,6 +40,7 @@
 //! so every trial ends.
 
 mod config;
+pub(crate) mod endpoint;
 mod future;
 mod handle;
 mod layer;
@@ -52,7 +53,13 @@ pub use self::future::ResponseFuture;
 pub use self::handle::{Breaker, BreakerPermit, WindowCounts};
 pub use self::layer::CircuitBreakerLayer;
 pub use self::service::CircuitBreaker;
+pub(crate) use self::state::EjectionBudget;
 pub use self::state::{State, Transition};
+
+/// The permit type, for the balancer's per-endpoint breakers.
+pub(crate) mod state_permit {
+    pub(crate) use super::state::{Ending, Permit};
+}
 
 #[cfg(any(test, fuzzing))]
 pub(crate) mod fuzz_exports {

@@ -10,7 +10,7 @@
 //! admitted just before the breaker tripped — can never decide the state of a later one.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::config::{BreakerConfig, Mode};
 use super::window::{CallWindow, Counts, Sample};
@@ -141,6 +141,67 @@ struct Trials {
     succeeded: u32,
     /// Consecutive re-opens since the last close, for the growing open duration.
     reopens: u32,
+    /// Whether this circuit holds one of its balancer's ejection slots.
+    ejected: bool,
+}
+
+/// How many of a balancer's endpoints are ejected (open or half-open), shared by their
+/// breakers, with Envoy's cap on ejections.
+///
+/// The cap follows Envoy's original rule: a breaker may open while
+/// `100 × ejected < max_percent × endpoints`, so at least one endpoint can always be ejected.
+/// Envoy's current rule (`100 × (ejected + 1) ≤ max_percent × endpoints`) ejects nobody in a
+/// cluster smaller than `100 / max_percent` hosts, which would disable outlier detection for
+/// the three-instance services this crate is mostly used with.
+#[derive(Debug)]
+pub(crate) struct EjectionBudget {
+    ejected: AtomicU64,
+    endpoints: AtomicU64,
+    max_percent: f64,
+    overflow: AtomicU64,
+}
+
+impl EjectionBudget {
+    pub(crate) fn new(max_percent: f64) -> Self {
+        Self {
+            ejected: AtomicU64::new(0),
+            endpoints: AtomicU64::new(0),
+            max_percent,
+            overflow: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn set_endpoints(&self, n: usize) {
+        self.endpoints.store(n as u64, Ordering::Release);
+    }
+
+    pub(crate) fn ejected(&self) -> u64 {
+        self.ejected.load(Ordering::Acquire)
+    }
+
+    /// Ejections the cap refused so far.
+    pub(crate) fn overflow(&self) -> u64 {
+        self.overflow.load(Ordering::Relaxed)
+    }
+
+    fn try_eject(&self) -> bool {
+        let endpoints = self.endpoints.load(Ordering::Acquire) as f64;
+        let result = self
+            .ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |ejected| {
+                ((ejected as f64) * 100.0 < self.max_percent * endpoints).then_some(ejected + 1)
+            });
+        if result.is_err() {
+            self.overflow.fetch_add(1, Ordering::Relaxed);
+        }
+        result.is_ok()
+    }
+
+    fn release(&self) {
+        let _ = self
+            .ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
 }
 
 /// The breaker's state, shared by every clone of every service built from one breaker.
@@ -153,10 +214,21 @@ pub(crate) struct CircuitCore {
     mode: AtomicU8,
     open_until: AtomicU64,
     period: AtomicU64,
+    /// Trial slots still free while half-open (a lock-free view for pickers).
+    free_trials: AtomicU64,
     trials: Mutex<Trials>,
+    budget: Option<Arc<EjectionBudget>>,
 }
 
 impl CircuitCore {
+    /// A breaker for one endpoint of a balancer, counting its ejections in `budget`.
+    pub(crate) fn for_endpoint(config: BreakerConfig, budget: Arc<EjectionBudget>) -> Self {
+        Self {
+            budget: Some(budget),
+            ..Self::new(config)
+        }
+    }
+
     pub(crate) fn new(config: BreakerConfig) -> Self {
         Self {
             slow_ns: config
@@ -168,7 +240,51 @@ impl CircuitCore {
             phase: AtomicU8::new(CLOSED),
             open_until: AtomicU64::new(0),
             period: AtomicU64::new(0),
+            free_trials: AtomicU64::new(0),
             trials: Mutex::new(Trials::default()),
+            budget: None,
+        }
+    }
+
+    /// Whether [`acquire`](Self::acquire) would admit a call now — without taking the lock.
+    /// Pickers use it to skip ejected endpoints; the answer may be stale by the time the call
+    /// acquires, which then fails and the pick is repeated.
+    #[inline]
+    pub(crate) fn may_admit(&self, now_ns: u64) -> bool {
+        match self.mode() {
+            Mode::ForcedOpen => return false,
+            Mode::Normal => {}
+            _ => return true,
+        }
+        match self.phase.load(Ordering::Acquire) {
+            CLOSED => true,
+            OPEN => now_ns > self.open_until.load(Ordering::Acquire),
+            _ => self.free_trials.load(Ordering::Acquire) > 0,
+        }
+    }
+
+    /// A counted permit that bypasses the state (a balancer in panic mode uses every endpoint):
+    /// its result is recorded in the window but decides nothing.
+    pub(crate) fn bypass_permit(&self) -> Permit {
+        Permit::new(false, true, self.period.load(Ordering::Acquire))
+    }
+
+    /// The ejection budget this circuit counts in, for an endpoint's breaker.
+    pub(crate) fn budget(&self) -> Option<&EjectionBudget> {
+        self.budget.as_deref()
+    }
+
+    /// Gives back this circuit's ejection slot (the endpoint left the balancer).
+    pub(crate) fn retire(&self) {
+        let mut trials = self.lock();
+        self.release_ejection(&mut trials);
+    }
+
+    fn release_ejection(&self, trials: &mut Trials) {
+        if std::mem::take(&mut trials.ejected) {
+            if let Some(budget) = &self.budget {
+                budget.release();
+            }
         }
     }
 
@@ -250,6 +366,8 @@ impl CircuitCore {
                 {
                     trials.admitted = 0;
                     trials.succeeded = 0;
+                    self.free_trials
+                        .store(u64::from(self.config.trials), Ordering::Release);
                     self.enter(HALF_OPEN);
                     Some(Transition {
                         from: State::Open,
@@ -271,6 +389,10 @@ impl CircuitCore {
         match self.phase.load(Ordering::Acquire) {
             HALF_OPEN if trials.admitted < self.config.trials => {
                 trials.admitted += 1;
+                self.free_trials.store(
+                    u64::from(self.config.trials - trials.admitted),
+                    Ordering::Release,
+                );
                 let period = self.period.load(Ordering::Acquire);
                 Ok(Permit::new(true, true, period))
             }
@@ -318,6 +440,12 @@ impl CircuitCore {
         if self.phase.load(Ordering::Acquire) != CLOSED || self.mode() != Mode::Normal {
             return None;
         }
+        if let Some(budget) = &self.budget {
+            if !budget.try_eject() {
+                return None; // the ejection cap is reached: stay in rotation
+            }
+            trials.ejected = true;
+        }
         trials.reopens = 0;
         self.open(now_ns, 0);
         Some(Transition {
@@ -346,6 +474,7 @@ impl CircuitCore {
                     return None;
                 }
                 trials.reopens = 0;
+                self.release_ejection(&mut trials);
                 self.window.reset();
                 self.enter(CLOSED);
                 Some(Transition {
@@ -356,6 +485,10 @@ impl CircuitCore {
             Ending::Classified(Outcome::Ignored) => {
                 // Says nothing about health: free the slot for another trial.
                 trials.admitted = trials.admitted.saturating_sub(1);
+                self.free_trials.store(
+                    u64::from(self.config.trials - trials.admitted),
+                    Ordering::Release,
+                );
                 None
             }
             // A failure, a slow success, or a cancelled trial opens the circuit again.
@@ -399,7 +532,10 @@ impl CircuitCore {
 
     /// Sets the mode; leaving a forced or disabled mode for `Normal` starts closed and empty.
     pub(crate) fn set_mode(&self, mode: Mode) -> Option<Transition> {
-        let _trials = self.lock();
+        let mut trials = self.lock();
+        if mode != Mode::Normal {
+            self.release_ejection(&mut trials);
+        }
         let before = self.mode();
         self.mode.store(mode_to_u8(mode), Ordering::Release);
         if before == mode {
@@ -430,6 +566,7 @@ impl CircuitCore {
     pub(crate) fn reset(&self) -> Option<Transition> {
         let mut trials = self.lock();
         let from = self.state();
+        self.release_ejection(&mut trials);
         *trials = Trials::default();
         self.window.reset();
         self.mode.store(mode_to_u8(Mode::Normal), Ordering::Release);

@@ -11,6 +11,7 @@ mod alloc;
 mod balance;
 mod breaker;
 mod churn;
+mod ejection;
 #[cfg(feature = "http")]
 mod http;
 mod metrics;

@@ -28,6 +28,8 @@ pub struct ChannelDiscover<K, S> {
     pub dropped: Arc<AtomicBool>,
     /// How many items the balancer has taken from the stream.
     pub consumed: Arc<AtomicUsize>,
+    /// How many times the balancer has polled the stream.
+    pub polls: Arc<AtomicUsize>,
 }
 
 pub fn channel<K, S>() -> (
@@ -41,6 +43,7 @@ pub fn channel<K, S>() -> (
             rx,
             dropped: Arc::new(AtomicBool::new(false)),
             consumed: Arc::new(AtomicUsize::new(0)),
+            polls: Arc::new(AtomicUsize::new(0)),
         },
     )
 }
@@ -49,6 +52,7 @@ impl<K, S> Stream for ChannelDiscover<K, S> {
     type Item = ChangeResult<K, S>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
         let item = self.rx.poll_recv(cx);
         if let Poll::Ready(Some(_)) = item {
             self.consumed.fetch_add(1, Ordering::SeqCst);
@@ -229,4 +233,49 @@ pub fn allocations<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let before = ALLOCATIONS.with(Cell::get);
     let value = f();
     (value, ALLOCATIONS.with(Cell::get) - before)
+}
+
+/// Answers with its name, or fails while `failing` is set; counts its calls.
+#[derive(Clone)]
+pub struct Flaky {
+    pub name: &'static str,
+    pub failing: Arc<AtomicBool>,
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl Flaky {
+    pub fn new(name: &'static str, failing: bool) -> Self {
+        Self {
+            name,
+            failing: Arc::new(AtomicBool::new(failing)),
+            calls: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+}
+
+impl Service<()> for Flaky {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<&'static str, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: ()) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            std::future::ready(Err(format!("{} failed", self.name).into()))
+        } else {
+            std::future::ready(Ok(self.name))
+        }
+    }
 }
