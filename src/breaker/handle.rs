@@ -2,10 +2,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrics::{Counter, Gauge, Label};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::config::{BreakerConfig, ConfigError, Mode};
+use super::endpoint::state_value;
 use super::layer::CircuitBreakerLayer;
 use super::state::{CircuitCore, Ending, Permit, Refusal, State, Transition};
 use crate::classify::{ErrorsAreFailures, Outcome};
@@ -44,6 +46,8 @@ struct Inner {
     core: CircuitCore,
     epoch: Instant,
     transitions: broadcast::Sender<Transition>,
+    state_gauge: Gauge,
+    rejections: Counter,
 }
 
 impl Breaker {
@@ -55,10 +59,17 @@ impl Breaker {
     pub fn new(name: impl Into<Arc<str>>, config: BreakerConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let (transitions, _) = broadcast::channel(64);
+        let name: Arc<str> = name.into();
+        let label = || vec![Label::new("breaker", name.to_string())];
+        let state_gauge = metrics::gauge!(crate::metrics::BREAKER_STATE, label());
+        let core = CircuitCore::new(config);
+        state_gauge.set(state_value(core.state()));
         Ok(Self {
             inner: Arc::new(Inner {
-                name: name.into(),
-                core: CircuitCore::new(config),
+                rejections: metrics::counter!(crate::metrics::BREAKER_REJECTIONS_TOTAL, label()),
+                state_gauge,
+                name,
+                core,
                 epoch: Instant::now(),
                 transitions,
             }),
@@ -182,7 +193,10 @@ impl Breaker {
         let now = self.now();
         let (decision, transition) = self.inner.core.acquire(now);
         self.publish(transition);
-        decision.map_err(|refusal| self.refusal(refusal, now))
+        decision.map_err(|refusal| {
+            self.inner.rejections.increment(1);
+            self.refusal(refusal, now)
+        })
     }
 
     /// The start time a call must keep, if its duration will matter.
@@ -248,6 +262,14 @@ impl Breaker {
                 "circuit closed"
             ),
         }
+        self.inner.state_gauge.set(state_value(transition.to));
+        metrics::counter!(
+            crate::metrics::BREAKER_TRANSITIONS_TOTAL,
+            "breaker" => name.to_owned(),
+            "from" => transition.from.as_str(),
+            "to" => transition.to.as_str()
+        )
+        .increment(1);
         // No subscriber is not an error.
         let _ = self.inner.transitions.send(transition);
     }

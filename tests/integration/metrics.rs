@@ -15,6 +15,9 @@ use crate::support::{Named, channel, eventually};
 /// One recorded series: kind, name, labels, value.
 type Series = (MetricKind, String, Vec<(String, String)>, DebugValue);
 
+/// Tests that read the recorder run one at a time: a snapshot resets every counter and gauge.
+static RECORDER_IN_USE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// One global recorder for the test binary; each test filters by its own upstream name.
 fn snapshotter() -> &'static Snapshotter {
     static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
@@ -60,6 +63,7 @@ fn value<'a>(all: &'a [Series], name: &str, labels: &[(&str, &str)]) -> Option<&
 
 #[tokio::test(start_paused = true)]
 async fn a_balancer_emits_the_documented_series() {
+    let _exclusive = RECORDER_IN_USE.lock().await;
     snapshotter();
     let (tx, discover) = channel();
     let balance = Balance::builder(discover)
@@ -122,4 +126,96 @@ async fn a_balancer_emits_the_documented_series() {
         Some(DebugValue::Histogram(samples)) => assert_eq!(samples.len(), 3),
         other => panic!("histogram: {other:?}"),
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn breakers_emit_state_transitions_rejections_and_ejections() {
+    use seawall::breaker::{Breaker, BreakerConfig, Window};
+    use tower::{Layer, service_fn};
+
+    let _exclusive = RECORDER_IN_USE.lock().await;
+    snapshotter();
+    // A standalone breaker opens and rejects.
+    let breaker =
+        Breaker::new("metrics-breaker", BreakerConfig::default().minimum_calls(2)).unwrap();
+    let failing = breaker.layer().layer(service_fn(|()| async {
+        Err::<(), seawall::BoxError>("down".into())
+    }));
+    for _ in 0..3 {
+        let _ = failing.clone().oneshot(()).await;
+    }
+    let all: Vec<Series> = snapshotter()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| {
+            let (kind, key) = key.into_parts();
+            let labels: Vec<(String, String)> = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            labels
+                .iter()
+                .any(|(k, v)| k == "breaker" && v == "metrics-breaker")
+                .then(|| (kind, key.name().to_owned(), labels, value))
+        })
+        .collect();
+    assert!(
+        matches!(value(&all, "seawall_breaker_state", &[]), Some(DebugValue::Gauge(g)) if g.into_inner() == 1.0)
+    );
+    assert!(matches!(
+        value(
+            &all,
+            "seawall_breaker_transitions_total",
+            &[("from", "closed"), ("to", "open")]
+        ),
+        Some(DebugValue::Counter(1))
+    ));
+    assert!(matches!(
+        value(&all, "seawall_breaker_rejections_total", &[]),
+        Some(DebugValue::Counter(1))
+    ));
+
+    // An endpoint is ejected inside a balancer.
+    let (tx, discover) = channel();
+    tx.send(Ok(Change::Insert(
+        "good",
+        crate::support::Flaky::new("good", false),
+    )))
+    .unwrap();
+    tx.send(Ok(Change::Insert(
+        "bad",
+        crate::support::Flaky::new("bad", true),
+    )))
+    .unwrap();
+    let balance = Balance::builder(discover)
+        .name("metrics-eject")
+        .picker(RoundRobin::new())
+        .endpoint_breaker(
+            BreakerConfig::default()
+                .window(Window::Count { calls: 10 })
+                .minimum_calls(2),
+        )
+        .build()
+        .unwrap();
+    eventually("published", || balance.endpoints().len() == 2).await;
+    for _ in 0..10 {
+        let _ = balance.clone().oneshot(()).await;
+    }
+    let all = series("metrics-eject");
+    let gauge = |name, labels: &[(&str, &str)]| match value(&all, name, labels) {
+        Some(DebugValue::Gauge(g)) => g.into_inner(),
+        other => panic!("{name} {labels:?}: {other:?}"),
+    };
+    assert_eq!(gauge("seawall_endpoints", &[("state", "ejected")]), 1.0);
+    assert_eq!(gauge("seawall_breaker_state", &[("endpoint", "bad")]), 1.0);
+    assert_eq!(gauge("seawall_breaker_state", &[("endpoint", "good")]), 0.0);
+    assert!(matches!(
+        value(
+            &all,
+            "seawall_breaker_transitions_total",
+            &[("endpoint", "bad"), ("to", "open")]
+        ),
+        Some(DebugValue::Counter(1))
+    ));
 }
