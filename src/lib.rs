@@ -73,6 +73,7 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod bulkhead;
 pub mod classify;
 pub mod discover;
 mod error;

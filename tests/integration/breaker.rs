@@ -178,3 +178,36 @@ fn an_invalid_config_names_the_field() {
     assert_eq!(error.field(), "failure_rate");
     assert!(error.to_string().contains("failure_rate"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_full_bulkhead_rejects_at_once_and_counts_against_the_breaker() {
+    use seawall::bulkhead::{BulkheadLayer, Overloaded};
+    use tower::ServiceBuilder;
+
+    let breaker = Breaker::new("bulkhead", config()).unwrap();
+    let upstream = Gated::new("upstream");
+    upstream.ready.open();
+    let service = ServiceBuilder::new()
+        .layer(breaker.layer())
+        .layer(BulkheadLayer::new(2))
+        .service(upstream.clone());
+
+    let mut first = task::spawn(service.clone().oneshot(()));
+    let mut second = task::spawn(service.clone().oneshot(()));
+    assert_pending!(first.poll());
+    assert_pending!(second.poll());
+    // The third call finds the bulkhead full: an immediate error, not a wait.
+    let error = service.clone().oneshot(()).await.unwrap_err();
+    assert!(error.is::<Overloaded>(), "{error}");
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        breaker.counts().failures,
+        1,
+        "the rejection counts as a breaker failure"
+    );
+
+    upstream.done.open();
+    assert!(first.await.is_ok() && second.await.is_ok());
+    service.clone().oneshot(()).await.unwrap();
+    assert_eq!(breaker.counts().calls, 4);
+}
