@@ -1,7 +1,7 @@
 //! Bulkheads: a bound on concurrent calls to one upstream that rejects at once when full.
 //!
-//! This is tower's [`ConcurrencyLimit`](tower::limit::ConcurrencyLimit) under a
-//! [`LoadShed`](tower::load_shed::LoadShed), which already do exactly this: seawall only names
+//! This is tower's [`ConcurrencyLimit`] under a
+//! [`LoadShed`], which already do exactly this: seawall only names
 //! the pair. A full bulkhead fails the call at once with [`Overloaded`] instead of queueing it,
 //! so one slow upstream cannot hold every task of the caller (Hystrix's semaphore isolation).
 //!
