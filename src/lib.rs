@@ -77,6 +77,7 @@ pub mod bulkhead;
 pub mod classify;
 pub mod discover;
 mod error;
+pub mod health;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;

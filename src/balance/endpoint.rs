@@ -80,6 +80,18 @@ impl<K, S> Endpoint<K, S> {
         self.breaker.as_ref().map(EndpointBreaker::state)
     }
 
+    /// The active health check's verdict, when the balancer has one and has probed this
+    /// endpoint.
+    pub fn health(&self) -> Option<crate::health::Health> {
+        self.breaker.as_ref().and_then(EndpointBreaker::health)
+    }
+
+    pub(crate) fn record_probe(&self, passed: bool, rise: u32, fall: u32) {
+        if let Some(breaker) = &self.breaker {
+            breaker.record_probe(passed, rise, fall);
+        }
+    }
+
     /// Whether the endpoint is ejected but due a trial call at `now_ns`: pickers that rank by
     /// cost take it over its rival, since its trial slots bound how many calls that sends.
     #[inline]

@@ -41,6 +41,11 @@ mod weighted;
 mod worker;
 
 pub use self::endpoint::Endpoint;
+
+/// The balancer's shared state, for its other tasks (health checks).
+pub(crate) mod service_shared {
+    pub(crate) use super::service::Shared;
+}
 pub use self::future::ResponseFuture;
 pub use self::picker::{
     LeastConn, Observation, P2c, Pick, PickContext, PickRng, Picker, PickerSchedule, RoundRobin,

@@ -18,8 +18,9 @@ use super::set::{EndpointSet, EndpointTable};
 use super::weighted::Weight;
 use super::worker;
 use crate::breaker::state_permit::Permit;
-use crate::breaker::{BreakerConfig, EjectionBudget};
+use crate::breaker::{BreakerConfig, EjectionBudget, Mode};
 use crate::classify::{Classify, ErrorsAreFailures};
+use crate::health::HealthCheck;
 use crate::metrics::BalanceMetrics;
 use crate::{BoxError, BuildError, rng};
 
@@ -87,8 +88,8 @@ impl Ejection {
     /// Envoy's panic rule: fewer than `panic_threshold` % of endpoints available (strictly)
     /// means using all of them.
     fn in_panic(&self, endpoints: usize) -> bool {
-        let ejected = self.budget.ejected().min(endpoints as u64);
-        let available = (endpoints as u64 - ejected) as f64;
+        let unavailable = self.budget.unavailable().min(endpoints as u64);
+        let available = (endpoints as u64 - unavailable) as f64;
         available * 100.0 < self.panic_threshold * endpoints as f64
     }
 }
@@ -182,12 +183,14 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Aborts the discovery task when the last clone of the balancer is dropped.
-struct WorkerGuard(tokio::task::JoinHandle<()>);
+/// Aborts the balancer's tasks (discovery, health checks) when its last clone is dropped.
+struct WorkerGuard(Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for WorkerGuard {
     fn drop(&mut self) {
-        self.0.abort();
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -267,7 +270,10 @@ impl Balance<(), (), P2c, ErrorsAreFailures> {
             wait_for_endpoints: None,
             seed: None,
             weight_of: |_| 1,
-            ejection: None,
+            endpoint_breaker: None,
+            max_ejection_percent: 50.0,
+            panic_threshold: 50.0,
+            health_check: None,
         }
     }
 }
@@ -324,14 +330,10 @@ pub struct Builder<D: Discover, P, C> {
     wait_for_endpoints: Option<Duration>,
     seed: Option<u64>,
     weight_of: fn(&D::Service) -> u32,
-    ejection: Option<EjectionOptions>,
-}
-
-#[derive(Debug, Clone)]
-struct EjectionOptions {
-    breaker: BreakerConfig,
+    endpoint_breaker: Option<BreakerConfig>,
     max_ejection_percent: f64,
     panic_threshold: f64,
+    health_check: Option<HealthCheck<D::Key, D::Service>>,
 }
 
 impl<D: Discover, P, C> Builder<D, P, C> {
@@ -345,7 +347,10 @@ impl<D: Discover, P, C> Builder<D, P, C> {
             wait_for_endpoints: self.wait_for_endpoints,
             seed: self.seed,
             weight_of: self.weight_of,
-            ejection: self.ejection,
+            endpoint_breaker: self.endpoint_breaker,
+            max_ejection_percent: self.max_ejection_percent,
+            panic_threshold: self.panic_threshold,
+            health_check: self.health_check,
         }
     }
 
@@ -360,7 +365,10 @@ impl<D: Discover, P, C> Builder<D, P, C> {
             wait_for_endpoints: self.wait_for_endpoints,
             seed: self.seed,
             weight_of: self.weight_of,
-            ejection: self.ejection,
+            endpoint_breaker: self.endpoint_breaker,
+            max_ejection_percent: self.max_ejection_percent,
+            panic_threshold: self.panic_threshold,
+            health_check: self.health_check,
         }
     }
 
@@ -387,12 +395,7 @@ impl<D: Discover, P, C> Builder<D, P, C> {
     /// ejected at once, and below [`panic_threshold`](Self::panic_threshold) available
     /// endpoints the balancer uses all of them anyway (Envoy's panic mode).
     pub fn endpoint_breaker(mut self, config: BreakerConfig) -> Self {
-        let options = self.ejection.get_or_insert(EjectionOptions {
-            breaker: BreakerConfig::default(),
-            max_ejection_percent: 50.0,
-            panic_threshold: 50.0,
-        });
-        options.breaker = config;
+        self.endpoint_breaker = Some(config);
         self
     }
 
@@ -402,9 +405,7 @@ impl<D: Discover, P, C> Builder<D, P, C> {
     /// current one). Default is 50 — Envoy's 10 suits fleets of dozens of hosts, not three.
     /// Only meaningful with [`endpoint_breaker`](Self::endpoint_breaker).
     pub fn max_ejection_percent(mut self, percent: f64) -> Self {
-        if let Some(options) = &mut self.ejection {
-            options.max_ejection_percent = percent;
-        }
+        self.max_ejection_percent = percent;
         self
     }
 
@@ -412,11 +413,20 @@ impl<D: Discover, P, C> Builder<D, P, C> {
     /// Envoy — the balancer ignores ejections and uses every endpoint. 0 disables panic mode:
     /// with every endpoint ejected, calls then fail at once with
     /// [`AllEjected`](crate::AllEjected). Default is 50 (Envoy's). Only meaningful with
-    /// [`endpoint_breaker`](Self::endpoint_breaker).
+    /// [`endpoint_breaker`](Self::endpoint_breaker) or [`health_check`](Self::health_check).
     pub fn panic_threshold(mut self, percent: f64) -> Self {
-        if let Some(options) = &mut self.ejection {
-            options.panic_threshold = percent;
-        }
+        self.panic_threshold = percent;
+        self
+    }
+
+    /// Probes every endpoint actively and takes those that fail out of rotation (HAProxy's
+    /// rise/fall rule; see [`health`](crate::health)). A down endpoint is held out through
+    /// the same state per-endpoint breakers use, so it counts towards the
+    /// [`panic_threshold`](Self::panic_threshold); without
+    /// [`endpoint_breaker`](Self::endpoint_breaker), endpoints get breakers that only the
+    /// health check moves. Default is no active checks.
+    pub fn health_check(mut self, check: HealthCheck<D::Key, D::Service>) -> Self {
+        self.health_check = Some(check);
         self
     }
 
@@ -454,26 +464,33 @@ impl<D: Discover, P, C> Builder<D, P, C> {
     {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| BuildError::no_runtime())?;
-        let ejection = match self.ejection {
-            Some(options) => {
-                options.breaker.validate().map_err(BuildError::config)?;
+        // Health checks act through endpoint breakers; without configured ones they get
+        // breakers that only the health check moves.
+        let breaker = match (self.endpoint_breaker, &self.health_check) {
+            (Some(config), _) => Some(config),
+            (None, Some(_)) => Some(BreakerConfig::default().mode(Mode::Disabled)),
+            (None, None) => None,
+        };
+        let ejection = match breaker {
+            Some(breaker) => {
+                breaker.validate().map_err(BuildError::config)?;
                 let percent = |p: f64| (0.0..=100.0).contains(&p);
-                if !percent(options.max_ejection_percent) {
+                if !percent(self.max_ejection_percent) {
                     return Err(BuildError::invalid(
                         "max_ejection_percent",
                         "must be in [0, 100]",
                     ));
                 }
-                if !percent(options.panic_threshold) {
+                if !percent(self.panic_threshold) {
                     return Err(BuildError::invalid(
                         "panic_threshold",
                         "must be in [0, 100]",
                     ));
                 }
                 Some(Ejection {
-                    breaker: options.breaker,
-                    budget: Arc::new(EjectionBudget::new(options.max_ejection_percent)),
-                    panic_threshold: options.panic_threshold,
+                    breaker,
+                    budget: Arc::new(EjectionBudget::new(self.max_ejection_percent)),
+                    panic_threshold: self.panic_threshold,
                 })
             }
             None => None,
@@ -498,16 +515,19 @@ impl<D: Discover, P, C> Builder<D, P, C> {
             seed,
             clones: AtomicU64::new(0),
         });
-        let task = runtime.spawn(worker::run(
+        let mut tasks = vec![runtime.spawn(worker::run(
             self.discover,
             Arc::downgrade(&shared),
             EndpointTable::new(),
             self.weight_of,
-        ));
+        ))];
+        if let Some(check) = self.health_check {
+            tasks.push(runtime.spawn(crate::health::run(Arc::downgrade(&shared), check)));
+        }
         Ok(Balance {
             rng: PickRng::with_seed(shared.clone_seed()),
             shared,
-            _worker: Arc::new(WorkerGuard(task)),
+            _worker: Arc::new(WorkerGuard(tasks)),
         })
     }
 }

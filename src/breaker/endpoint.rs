@@ -6,8 +6,12 @@ use metrics::{Gauge, Label};
 use tokio::time::Instant;
 
 use super::BreakerConfig;
+use std::sync::Mutex;
+
+use super::Mode;
 use super::state::{CircuitCore, EjectionBudget, Ending, Permit, State, Transition};
 use crate::classify::Outcome;
+use crate::health::{Health, HealthCounter};
 
 /// One endpoint's breaker, with its labels and handles. Time is the balancer's: nanoseconds
 /// since its epoch, read by the balancer once per call and passed in.
@@ -19,6 +23,9 @@ pub(crate) struct EndpointBreaker {
     endpoint: Arc<str>,
     state_gauge: Gauge,
     ejected_gauge: Gauge,
+    /// The mode to return to when a health check brings the endpoint back up.
+    mode: Mode,
+    health: Mutex<Option<HealthCounter>>,
 }
 
 impl EndpointBreaker {
@@ -43,6 +50,8 @@ impl EndpointBreaker {
             ]
         );
         Self {
+            mode: config.mode,
+            health: Mutex::new(None),
             core: CircuitCore::for_endpoint(config, budget),
             epoch,
             upstream,
@@ -110,10 +119,58 @@ impl EndpointBreaker {
         );
     }
 
-    /// The endpoint left the balancer: give back its ejection slot.
+    /// The endpoint left the balancer: give back its ejection slot and its down mark.
     pub(crate) fn retire(&self) {
         self.core.retire();
+        let down = self
+            .lock_health()
+            .is_some_and(|c| c.health() == Health::Down);
+        if down {
+            if let Some(budget) = self.core.budget() {
+                budget.mark_up();
+            }
+        }
         self.update_ejected_gauge();
+    }
+
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, Option<HealthCounter>> {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The active health check's verdict, once the endpoint has been probed.
+    pub(crate) fn health(&self) -> Option<Health> {
+        self.lock_health().map(|c| c.health())
+    }
+
+    /// Records one health probe; a change of health holds the circuit open (down) or gives
+    /// it back to its configured mode (up).
+    pub(crate) fn record_probe(&self, passed: bool, rise: u32, fall: u32) {
+        let mut health = self.lock_health();
+        let counter = health.get_or_insert_with(|| HealthCounter::new(rise, fall));
+        let Some(change) = counter.record(passed) else {
+            return;
+        };
+        let (upstream, endpoint) = (&*self.upstream, &*self.endpoint);
+        let transition = match change {
+            Health::Down => {
+                tracing::warn!(upstream, endpoint, "endpoint down: health checks failing");
+                if let Some(budget) = self.core.budget() {
+                    budget.mark_down();
+                }
+                self.core.set_mode(Mode::ForcedOpen)
+            }
+            Health::Up => {
+                tracing::info!(upstream, endpoint, "endpoint up: health checks passing");
+                if let Some(budget) = self.core.budget() {
+                    budget.mark_up();
+                }
+                self.core.set_mode(self.mode)
+            }
+        };
+        drop(health);
+        self.report(transition);
     }
 
     fn update_ejected_gauge(&self) {

@@ -156,6 +156,8 @@ struct Trials {
 #[derive(Debug)]
 pub(crate) struct EjectionBudget {
     ejected: AtomicU64,
+    /// Endpoints an active health check holds down (not capped, but unavailable).
+    down: AtomicU64,
     endpoints: AtomicU64,
     max_percent: f64,
     overflow: AtomicU64,
@@ -165,6 +167,7 @@ impl EjectionBudget {
     pub(crate) fn new(max_percent: f64) -> Self {
         Self {
             ejected: AtomicU64::new(0),
+            down: AtomicU64::new(0),
             endpoints: AtomicU64::new(0),
             max_percent,
             overflow: AtomicU64::new(0),
@@ -177,6 +180,22 @@ impl EjectionBudget {
 
     pub(crate) fn ejected(&self) -> u64 {
         self.ejected.load(Ordering::Acquire)
+    }
+
+    /// Endpoints out of rotation for any reason: ejected by their breaker or held down by
+    /// a health check.
+    pub(crate) fn unavailable(&self) -> u64 {
+        self.ejected() + self.down.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_down(&self) {
+        self.down.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn mark_up(&self) {
+        let _ = self
+            .down
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// Ejections the cap refused so far.

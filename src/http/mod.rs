@@ -204,6 +204,44 @@ impl Future for HttpResponseFuture {
     }
 }
 
+/// An active health check that sends `GET <path>` to each instance and counts any 2xx as
+/// healthy, over a small pooled client of its own (so probes never queue behind traffic).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall::http::{HttpEndpoint, http_health_check};
+///
+/// let check = http_health_check::<String, http_body_util::Empty<bytes::Bytes>>("/health")
+///     .interval(Duration::from_secs(2))
+///     .rise(2)
+///     .fall(3);
+/// # let _ = check;
+/// ```
+pub fn http_health_check<K, B>(path: &str) -> crate::health::HealthCheck<K, HttpEndpoint<B>> {
+    let client = default_client::<http_body_util::Empty<bytes::Bytes>>();
+    let path = PathAndQuery::try_from(path).unwrap_or_else(|_| PathAndQuery::from_static("/"));
+    crate::health::HealthCheck::new(move |_: &K, endpoint: &HttpEndpoint<B>| {
+        let client = client.clone();
+        let uri = endpoint.authority.clone().and_then(|authority| {
+            Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(path.clone())
+                .build()
+                .ok()
+        });
+        Box::pin(async move {
+            let Some(uri) = uri else { return false };
+            let Ok(request) = http::Request::get(uri).body(http_body_util::Empty::new()) else {
+                return false;
+            };
+            matches!(client.request(request).await, Ok(response) if response.status().is_success())
+        })
+    })
+}
+
 /// Maps a discovery stream of addresses or [`Instance`]s to [`HttpEndpoint`]s over one client.
 #[pin_project]
 pub struct HttpEndpoints<D, B> {

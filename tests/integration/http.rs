@@ -115,3 +115,95 @@ async fn balances_http_over_registered_instances() {
         task.abort();
     }
 }
+
+#[tokio::test]
+async fn an_http_health_check_takes_a_failing_instance_out() {
+    use seawall::health::Health;
+    use seawall::http::http_health_check;
+
+    // Two instances; b's /health answers 503 once `sick` is set.
+    let sick = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (a, a_task) = server("a").await;
+    let (b, b_task) = health_server("b", sick.clone()).await;
+    let registry = Registry::new();
+    registry
+        .register("users", Instance::new("a", a), Duration::from_secs(30))
+        .unwrap();
+    registry
+        .register("users", Instance::new("b", b), Duration::from_secs(30))
+        .unwrap();
+    let users = Balance::builder(HttpEndpoints::new(
+        default_client::<Empty<Bytes>>(),
+        registry.watch("users"),
+    ))
+    .picker(RoundRobin::new())
+    .health_check(
+        http_health_check("/health")
+            .interval(Duration::from_millis(20))
+            .rise(1)
+            .fall(1),
+    )
+    .build()
+    .unwrap();
+    let health = |name: &str| {
+        users
+            .endpoints()
+            .iter()
+            .find(|e| *e.key() == name)
+            .and_then(|e| e.health())
+    };
+    eventually("both probed up", || {
+        health("a") == Some(Health::Up) && health("b") == Some(Health::Up)
+    })
+    .await;
+    sick.store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually("b down", || health("b") == Some(Health::Down)).await;
+    for _ in 0..6 {
+        let request = http::Request::get("/").body(Empty::new()).unwrap();
+        let response = users.clone().oneshot(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.starts_with(b"a "), "only a serves while b is down");
+    }
+    sick.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually("b up again", || health("b") == Some(Health::Up)).await;
+    a_task.abort();
+    b_task.abort();
+}
+
+/// A server whose `/health` answers 503 while `sick` is set.
+async fn health_server(
+    name: &'static str,
+    sick: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let sick = sick.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let sick = sick.load(std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        let status = if req.uri().path() == "/health" && sick {
+                            503
+                        } else {
+                            200
+                        };
+                        let response = http::Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::from(format!("{name} {}", req.uri()))))
+                            .unwrap();
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}

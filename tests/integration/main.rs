@@ -12,6 +12,7 @@ mod balance;
 mod breaker;
 mod churn;
 mod ejection;
+mod health;
 #[cfg(feature = "http")]
 mod http;
 mod metrics;
