@@ -14,6 +14,7 @@
 //! | `seawall_breaker_transitions_total` | counter | `breaker`, or `upstream` and `endpoint`; `from`, `to` | state changes of a circuit |
 //! | `seawall_breaker_rejections_total` | counter | `breaker` | calls a standalone breaker refused |
 //! | `seawall_no_endpoints_total` | counter | `upstream` | calls failed at once with [`NoEndpoints`](crate::NoEndpoints) |
+//! | `seawall_all_ejected_total` | counter | `upstream` | calls failed at once with [`AllEjected`](crate::AllEjected) (per-endpoint breakers never reject a call themselves: pickers skip ejected endpoints) |
 //! | `seawall_discovery_changes_total` | counter | `upstream`, `change` (`insert` \| `remove`) | discovery changes applied |
 //! | `seawall_discovery_errors_total` | counter | `upstream` (or `source` for a polling source) | errors from a discovery stream or poll; the last good set is kept |
 //!
@@ -38,6 +39,8 @@ pub const BREAKER_TRANSITIONS_TOTAL: &str = "seawall_breaker_transitions_total";
 pub const BREAKER_REJECTIONS_TOTAL: &str = "seawall_breaker_rejections_total";
 /// `seawall_no_endpoints_total`: calls rejected because no endpoint existed.
 pub const NO_ENDPOINTS_TOTAL: &str = "seawall_no_endpoints_total";
+/// `seawall_all_ejected_total`: calls rejected because every endpoint was ejected.
+pub const ALL_EJECTED_TOTAL: &str = "seawall_all_ejected_total";
 /// `seawall_discovery_changes_total`: discovery changes applied, by kind.
 pub const DISCOVERY_CHANGES_TOTAL: &str = "seawall_discovery_changes_total";
 /// `seawall_discovery_errors_total`: discovery errors; the last good set is kept.
@@ -83,6 +86,7 @@ impl EndpointMetrics {
 pub(crate) struct BalanceMetrics {
     pub(crate) endpoints_ready: Gauge,
     pub(crate) no_endpoints: Counter,
+    pub(crate) all_ejected: Counter,
     pub(crate) inserts: Counter,
     pub(crate) removes: Counter,
     pub(crate) discovery_errors: Counter,
@@ -94,6 +98,7 @@ impl BalanceMetrics {
         Self {
             endpoints_ready: metrics::gauge!(ENDPOINTS, vec![up(), Label::new("state", "ready")]),
             no_endpoints: metrics::counter!(NO_ENDPOINTS_TOTAL, vec![up()]),
+            all_ejected: metrics::counter!(ALL_EJECTED_TOTAL, vec![up()]),
             inserts: metrics::counter!(
                 DISCOVERY_CHANGES_TOTAL,
                 vec![up(), Label::new("change", "insert")]

@@ -226,6 +226,7 @@ where
                     return Poll::Ready(Err(error.into()));
                 }
                 StateProj::AllEjected => {
+                    this.shared.metrics.all_ejected.increment(1);
                     this.state.set(State::Done);
                     let error = AllEjected::new(Arc::clone(&this.shared.name));
                     return Poll::Ready(Err(error.into()));

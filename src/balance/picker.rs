@@ -110,6 +110,19 @@ impl fmt::Debug for PickContext<'_> {
     }
 }
 
+/// Two distinct indices in `0..n` (n ≥ 2) from one random draw: the low and high halves,
+/// each mapped onto its range.
+#[inline]
+fn draw_two(cx: &mut PickContext<'_>, n: usize) -> (usize, usize) {
+    let random = cx.random_u64();
+    let a = below(random << 32, n);
+    let mut b = below(random & 0xffff_ffff_0000_0000, n - 1);
+    if b >= a {
+        b += 1;
+    }
+    (a, b)
+}
+
 /// Maps a random `u64` onto `0..n` with one multiplication (Lemire's range reduction).
 #[inline]
 fn below(random: u64, n: usize) -> usize {
@@ -523,28 +536,29 @@ impl Pick for P2c {
         if n <= 1 {
             return set.get(0).filter(|e| cx.is_eligible(e)).map(|_| 0);
         }
-        for _ in 0..4 {
-            // One draw gives both indices: the low and high halves, each mapped onto its range.
-            let random = cx.random_u64();
-            let a = below(random << 32, n);
-            let mut b = below(random & 0xffff_ffff_0000_0000, n - 1);
-            if b >= a {
-                b += 1;
-            }
+        if !cx.skips_ejected() {
+            let (a, b) = draw_two(cx, n);
             let (ea, eb) = (set.get(a)?, set.get(b)?);
-            if cx.skips_ejected() {
-                // An ejected endpoint whose trial is due wins: its cost is from before it
-                // failed, and its trial slots bound what it receives.
-                let now = cx.now_nanos();
-                if ea.trial_due(now) {
-                    return Some(a);
-                }
-                if eb.trial_due(now) {
-                    return Some(b);
-                }
+            return Some(if self.cheaper(eb, ea, cx.now_nanos()) {
+                b
+            } else {
+                a
+            });
+        }
+        for _ in 0..4 {
+            let (a, b) = draw_two(cx, n);
+            let (ea, eb) = (set.get(a)?, set.get(b)?);
+            // An ejected endpoint whose trial is due wins: its cost is from before it
+            // failed, and its trial slots bound what it receives.
+            let now = cx.now_nanos();
+            if ea.trial_due(now) {
+                return Some(a);
+            }
+            if eb.trial_due(now) {
+                return Some(b);
             }
             match (cx.is_eligible(ea), cx.is_eligible(eb)) {
-                (true, true) if self.cheaper(eb, ea, cx.now_nanos()) => return Some(b),
+                (true, true) if self.cheaper(eb, ea, now) => return Some(b),
                 (true, _) => return Some(a),
                 (false, true) => return Some(b),
                 (false, false) => {} // both ejected: draw again
