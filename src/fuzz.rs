@@ -427,6 +427,56 @@ pub fn breaker(data: &[u8]) -> Visited {
     visited
 }
 
+// ---------------------------------------------------------------------------------------------
+// Header parsers.
+
+/// Feeds arbitrary bytes to every time-header parser (no panic, sane answers) and checks that
+/// a `grpc-timeout` formatted from an arbitrary duration parses back to at most that duration,
+/// within the precision of eight digits.
+#[cfg(feature = "http")]
+pub fn headers(data: &[u8]) {
+    use crate::http::headers::{
+        Pushback, format_grpc_timeout, parse_grpc_retry_pushback, parse_grpc_timeout,
+        parse_retry_after,
+    };
+    use std::time::{Duration, UNIX_EPOCH};
+
+    let text = String::from_utf8_lossy(data);
+    if let Some(timeout) = parse_grpc_timeout(&text) {
+        assert!(text.len() <= 9, "at most 8 digits and a unit: {text:?}");
+        let back = parse_grpc_timeout(&format_grpc_timeout(timeout)).unwrap();
+        assert_eq!(
+            back, timeout,
+            "a parsed value is exact in its own unit: {text:?}"
+        );
+    }
+    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    if let Some(wait) = parse_retry_after(&text, now) {
+        let trimmed = text.trim();
+        if trimmed.bytes().all(|b| b.is_ascii_digit()) {
+            assert_eq!(Some(wait.as_secs()), trimmed.parse().ok());
+        }
+    }
+    if let Pushback::RetryAfter(wait) = parse_grpc_retry_pushback(&text) {
+        assert_eq!(Some(wait.as_millis() as u64), text.trim().parse().ok());
+    }
+    if let Some(bytes) = data.first_chunk::<12>() {
+        let secs = u64::from_le_bytes(bytes[..8].try_into().unwrap()) >> (bytes[8] % 64);
+        let nanos = u32::from_le_bytes(bytes[8..].try_into().unwrap()) % 1_000_000_000;
+        let d = Duration::new(secs, nanos);
+        let back = parse_grpc_timeout(&format_grpc_timeout(d)).unwrap();
+        assert!(back <= d, "{d:?} grew to {back:?}");
+        let cap = Duration::from_secs(99_999_999 * 3600);
+        if d <= cap {
+            let lost = (d - back).as_nanos();
+            assert!(
+                lost == 0 || lost * 100_000 <= d.as_nanos(),
+                "{d:?} -> {back:?}"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,6 +545,17 @@ mod tests {
             open > 200 && half_open > 100 && reclosed > 50,
             "{open} {half_open} {reclosed}"
         );
+    }
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn headers_corpus_and_random() {
+        for input in corpus("headers")
+            .into_iter()
+            .chain(random_inputs(17, 3000, 40))
+        {
+            headers(&input);
+        }
     }
 
     #[test]

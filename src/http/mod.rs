@@ -47,6 +47,8 @@ use pin_project::pin_project;
 use tower::Service;
 use tower::discover::Change;
 
+pub mod headers;
+
 use crate::BoxError;
 use crate::balance::Weight;
 use crate::discover::Instance;
