@@ -82,7 +82,9 @@ pub mod health;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 pub mod metrics;
+pub mod retry;
 mod rng;
+mod window;
 
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]

@@ -1,15 +1,13 @@
 //! Counting windows that many threads record into without a lock.
 //!
-//! A time window keeps each bucket's epoch and counts in one `AtomicU64`, so recording is a
-//! single compare-and-swap and a bucket that rolls over is reset and counted in the same step:
-//! no count is lost or carried into the wrong bucket. The price is a cap of about a million
-//! calls per bucket (counts saturate) and 24-bit epochs, guarded by the time of the last
-//! record so that a long-idle window reads as empty.
+//! A time window is a [`PairWindow`] (see [`crate::window`]): one compare-and-swap per record.
 //!
 //! A count window is a ring of the last N outcomes; a record swaps its slot and moves the
 //! running totals by the difference, so totals never drift however records interleave.
 
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+
+use crate::window::PairWindow;
 
 use super::config::Window;
 
@@ -72,105 +70,42 @@ impl CallWindow {
     }
 }
 
-const EPOCH_BITS: u32 = 24;
-const COUNT_BITS: u32 = 20;
-const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
-const EPOCH_MASK: u64 = (1 << EPOCH_BITS) - 1;
-
-/// `epoch:24 | a:20 | b:20` in one word.
-fn pack(epoch: u64, a: u64, b: u64) -> u64 {
-    ((epoch & EPOCH_MASK) << (2 * COUNT_BITS)) | (a.min(COUNT_MAX) << COUNT_BITS) | b.min(COUNT_MAX)
-}
-
-fn unpack(word: u64) -> (u64, u64, u64) {
-    (
-        word >> (2 * COUNT_BITS),
-        (word >> COUNT_BITS) & COUNT_MAX,
-        word & COUNT_MAX,
-    )
-}
-
-/// Adds `(da, db)` to a packed bucket for `epoch`, starting it afresh if it held another epoch.
-fn add(word: &AtomicU64, epoch: u64, da: u64, db: u64) {
-    let mut current = word.load(Ordering::Relaxed);
-    loop {
-        let (e, a, b) = unpack(current);
-        let next = if e == epoch & EPOCH_MASK {
-            pack(epoch, a + da, b + db)
-        } else {
-            pack(epoch, da, db)
-        };
-        match word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
-            Ok(_) => return,
-            Err(seen) => current = seen,
-        }
-    }
-}
-
+/// Calls and failures, and slow calls, each in a [`PairWindow`].
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
-    width_ns: u64,
-    /// `epoch | calls | failures` per bucket.
-    calls: Box<[AtomicU64]>,
-    /// `epoch | slow | 0` per bucket.
-    slow: Box<[AtomicU64]>,
-    /// The bucket number of the last record, plus one (0: never recorded).
-    last: AtomicU64,
+    calls: PairWindow,
+    slow: PairWindow,
 }
 
 impl TimeWindow {
     fn new(width_ns: u64, buckets: u32) -> Self {
-        let make = || (0..buckets).map(|_| AtomicU64::new(0)).collect();
         Self {
-            width_ns,
-            calls: make(),
-            slow: make(),
-            last: AtomicU64::new(0),
+            calls: PairWindow::new(width_ns, buckets),
+            slow: PairWindow::new(width_ns, buckets),
         }
     }
 
+    #[inline]
     fn record(&self, sample: Sample, now_ns: u64) {
-        let bucket = now_ns / self.width_ns;
-        let slot = (bucket % self.calls.len() as u64) as usize;
-        add(&self.calls[slot], bucket, 1, u64::from(sample.failure));
+        self.calls.add(now_ns, 1, u64::from(sample.failure));
         if sample.slow {
-            add(&self.slow[slot], bucket, 1, 0);
-        }
-        // Most records land in the bucket already stamped: a load, no read-modify-write.
-        if self.last.load(Ordering::Relaxed) < bucket + 1 {
-            self.last.fetch_max(bucket + 1, Ordering::AcqRel);
+            self.slow.add(now_ns, 1, 0);
         }
     }
 
     fn counts(&self, now_ns: u64) -> Counts {
-        let bucket = now_ns / self.width_ns;
-        let n = self.calls.len() as u64;
-        let last = self.last.load(Ordering::Acquire);
-        if last == 0 || bucket.saturating_sub(last - 1) >= n {
-            return Counts::default(); // nothing recorded within the window
+        let (calls, failures) = self.calls.sum(now_ns);
+        let (slow, _) = self.slow.sum(now_ns);
+        Counts {
+            calls,
+            failures,
+            slow,
         }
-        // A bucket counts if its epoch is one of the last n bucket numbers.
-        let live = |epoch: u64| (bucket.wrapping_sub(epoch) & EPOCH_MASK) < n;
-        let mut counts = Counts::default();
-        for (calls, slow) in self.calls.iter().zip(self.slow.iter()) {
-            let (e, c, f) = unpack(calls.load(Ordering::Acquire));
-            if (c > 0) && live(e) {
-                counts.calls += c;
-                counts.failures += f;
-            }
-            let (e, s, _) = unpack(slow.load(Ordering::Acquire));
-            if (s > 0) && live(e) {
-                counts.slow += s;
-            }
-        }
-        counts
     }
 
     fn reset(&self) {
-        for word in self.calls.iter().chain(self.slow.iter()) {
-            word.store(0, Ordering::Release);
-        }
-        self.last.store(0, Ordering::Release);
+        self.calls.reset();
+        self.slow.reset();
     }
 }
 
@@ -324,18 +259,6 @@ mod tests {
         w.record(FAIL, 0);
         // 2^24 buckets later the epoch bits repeat; the last-record guard still says empty.
         assert_eq!(w.counts((1 << 24) * MS), Counts::default());
-    }
-
-    #[test]
-    fn counts_saturate_instead_of_overflowing() {
-        let word = AtomicU64::new(0);
-        for _ in 0..3 {
-            add(&word, 7, COUNT_MAX, COUNT_MAX);
-        }
-        assert_eq!(
-            unpack(word.load(Ordering::Relaxed)),
-            (7, COUNT_MAX, COUNT_MAX)
-        );
     }
 
     #[test]
