@@ -239,3 +239,68 @@ impl fmt::Display for AllEjected {
 }
 
 impl std::error::Error for AllEjected {}
+
+/// The request's deadline passed: the call, retries included, took too long.
+///
+/// Do not retry: the caller has stopped waiting. Maps to HTTP 504 and gRPC
+/// `DEADLINE_EXCEEDED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadlineExceeded {
+    after: std::time::Duration,
+}
+
+impl DeadlineExceeded {
+    pub(crate) fn new(after: std::time::Duration) -> Self {
+        Self { after }
+    }
+
+    /// The time the call (or the last attempt) was given.
+    pub fn after(&self) -> std::time::Duration {
+        self.after
+    }
+}
+
+impl fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "deadline exceeded after {:?}: the caller stopped waiting; raise the deadline or \
+             find out why the upstream is slow",
+            self.after
+        )
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// One attempt took longer than its per-try timeout (the request's deadline still had time).
+///
+/// A retry may go to another endpoint if the request is safe to repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TryTimeout {
+    after: std::time::Duration,
+}
+
+impl TryTimeout {
+    pub(crate) fn new(after: std::time::Duration) -> Self {
+        Self { after }
+    }
+
+    /// The time the attempt was given.
+    pub fn after(&self) -> std::time::Duration {
+        self.after
+    }
+}
+
+impl fmt::Display for TryTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "attempt timed out after {:?}; an idempotent request may be retried on another \
+             endpoint",
+            self.after
+        )
+    }
+}
+
+impl std::error::Error for TryTimeout {}

@@ -84,6 +84,7 @@ pub mod http;
 pub mod metrics;
 pub mod retry;
 mod rng;
+pub mod timeout;
 mod window;
 
 #[cfg(any(test, fuzzing))]
@@ -96,7 +97,9 @@ mod breaker_fuzz {
     pub(crate) use crate::breaker::fuzz_exports::{Core, Ending, Permit, Refusal};
 }
 
-pub use error::{AllEjected, BoxError, BuildError, CircuitOpen, NoEndpoints};
+pub use error::{
+    AllEjected, BoxError, BuildError, CircuitOpen, DeadlineExceeded, NoEndpoints, TryTimeout,
+};
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[cfg(all(doctest, feature = "http"))]

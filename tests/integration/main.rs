@@ -20,6 +20,8 @@ mod p2c;
 mod polling;
 mod registry;
 mod support;
+#[cfg(feature = "http")]
+mod timeout;
 
 #[global_allocator]
 static ALLOCATOR: support::CountingAllocator = support::CountingAllocator;
