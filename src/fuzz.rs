@@ -477,6 +477,105 @@ pub fn headers(data: &[u8]) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// ReplayBody.
+
+/// A body of given frames, each ready at once.
+#[cfg(feature = "http")]
+struct Frames(std::collections::VecDeque<http_body::Frame<bytes::Bytes>>);
+
+#[cfg(feature = "http")]
+impl http_body::Body for Frames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+/// Reads up to `frames` frames (all when `None`): the data, the trailers, and an error if any.
+#[cfg(feature = "http")]
+fn read_body<B: http_body::Body<Data = bytes::Bytes> + Unpin>(
+    body: &mut B,
+    frames: Option<usize>,
+) -> (Vec<u8>, Option<http::HeaderMap>, Option<String>)
+where
+    B::Error: std::fmt::Display,
+{
+    use std::task::{Context, Poll, Waker};
+    let mut cx = Context::from_waker(Waker::noop());
+    let (mut data, mut trailers) = (Vec::new(), None);
+    let mut n = 0;
+    while frames.is_none_or(|max| n < max) {
+        match std::pin::Pin::new(&mut *body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(chunk) => data.extend_from_slice(&chunk),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            },
+            Poll::Ready(Some(Err(error))) => return (data, trailers, Some(error.to_string())),
+            Poll::Ready(None) => break,
+            Poll::Pending => panic!("a ready body must never pend"),
+        }
+        n += 1;
+    }
+    (data, trailers, None)
+}
+
+/// Arbitrary chunking, cap, trailers and a first attempt that stops at an arbitrary frame:
+/// a clone sends exactly the original bytes and trailers while the body is replayable, and
+/// fails with `BodyNotReplayable` once more than the cap was read.
+#[cfg(feature = "http")]
+pub fn replay_body(data: &[u8]) {
+    use crate::http::ReplayBody;
+    let Some((&[cap_sel, stop, flags], rest)) = data.split_first_chunk::<3>() else {
+        return;
+    };
+    let cap = [0usize, 1, 7, 64, 300, 65_536][usize::from(cap_sel % 6)];
+    // Chunk sizes from the input; content is the input itself.
+    let mut frames = std::collections::VecDeque::new();
+    let mut content = Vec::new();
+    let mut at = 0;
+    for &len in rest.iter().take(64) {
+        let len = usize::from(len % 40);
+        let chunk: Vec<u8> = rest.iter().cycle().skip(at).take(len).copied().collect();
+        at += len;
+        content.extend_from_slice(&chunk);
+        frames.push_back(http_body::Frame::data(bytes::Bytes::from(chunk)));
+    }
+    let mut expected_trailers = None;
+    if flags & 1 != 0 {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        expected_trailers = Some(trailers.clone());
+        frames.push_back(http_body::Frame::trailers(trailers));
+    }
+    let total_frames = frames.len();
+    let mut first = ReplayBody::with_cap(Frames(frames), cap);
+    let stop = usize::from(stop) % (total_frames + 2);
+    let (read_first, ..) = read_body(&mut first, Some(stop));
+    assert!(content.starts_with(&read_first));
+    let replayable = first.is_replayable();
+    let mut second = first.clone();
+    let (again, trailers, error) = read_body(&mut second, None);
+    if replayable {
+        assert_eq!(error, None);
+        assert_eq!(again, content, "a replay sends every byte, in order");
+        assert_eq!(trailers, expected_trailers);
+    } else {
+        assert!(read_first.len() > cap, "not replayable only past the cap");
+        assert!(error.is_some_and(|e| e.contains("replay cap")));
+    }
+    // The first attempt can still finish its own stream.
+    let (rest_of_first, ..) = read_body(&mut first, None);
+    if !replayable {
+        assert_eq!([read_first, rest_of_first].concat(), content);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,6 +654,17 @@ mod tests {
             .chain(random_inputs(17, 3000, 40))
         {
             headers(&input);
+        }
+    }
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn replay_body_corpus_and_random() {
+        for input in corpus("replay_body")
+            .into_iter()
+            .chain(random_inputs(19, 3000, 80))
+        {
+            replay_body(&input);
         }
     }
 

@@ -48,6 +48,9 @@ use tower::Service;
 use tower::discover::Change;
 
 pub mod headers;
+mod replay;
+
+pub use self::replay::{BodyNotReplayable, DEFAULT_REPLAY_CAP, ReplayBody};
 
 use crate::BoxError;
 use crate::balance::Weight;
