@@ -97,6 +97,58 @@ pub fn classify_status(status: ::http::StatusCode) -> Outcome {
     }
 }
 
+/// gRPC classification: the `grpc-status` of a trailers-only response (how gRPC servers and
+/// proxies report an error without a body); without one, the HTTP status rule of
+/// [`HttpStatus`]. See [`classify_grpc_code`] for which codes are failures.
+///
+/// A `grpc-status` that arrives in the trailers of a streamed body is not seen by this
+/// classifier, which decides when the response head arrives.
+///
+/// # Examples
+///
+/// ```
+/// use seawall::classify::{Classify, GrpcStatus, Outcome};
+///
+/// let unavailable = http::Response::builder().header("grpc-status", "14").body(()).unwrap();
+/// assert_eq!(GrpcStatus.classify(Ok::<_, &()>(&unavailable)), Outcome::Failure);
+/// let not_found = http::Response::builder().header("grpc-status", "5").body(()).unwrap();
+/// assert_eq!(GrpcStatus.classify(Ok::<_, &()>(&not_found)), Outcome::Success);
+/// ```
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GrpcStatus;
+
+#[cfg(feature = "http")]
+impl<B, E> Classify<::http::Response<B>, E> for GrpcStatus {
+    fn classify(&self, result: Result<&::http::Response<B>, &E>) -> Outcome {
+        let Ok(response) = result else {
+            return Outcome::Failure;
+        };
+        let code = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok());
+        match code {
+            Some(code) => classify_grpc_code(code),
+            None => classify_status(response.status()),
+        }
+    }
+}
+
+/// The gRPC code rule behind [`GrpcStatus`]: OK succeeds; CANCELLED (1) is ignored (the caller
+/// gave up); UNKNOWN (2), DEADLINE_EXCEEDED (4), RESOURCE_EXHAUSTED (8), INTERNAL (13),
+/// UNAVAILABLE (14) and DATA_LOSS (15) say the server is in trouble and fail; the other codes
+/// answer the request (NOT_FOUND, INVALID_ARGUMENT, …) and count as successes, as a 4xx does.
+pub fn classify_grpc_code(code: u32) -> Outcome {
+    match code {
+        1 => Outcome::Ignored,
+        2 | 4 | 8 | 13 | 14 | 15 => Outcome::Failure,
+        _ => Outcome::Success,
+    }
+}
+
 #[cfg(all(test, feature = "http"))]
 mod tests {
     use super::*;
@@ -116,6 +168,35 @@ mod tests {
         ] {
             let status = ::http::StatusCode::from_u16(code).unwrap();
             assert_eq!(classify_status(status), outcome, "status {code}");
+        }
+    }
+
+    #[test]
+    fn grpc_codes() {
+        let response = |code: Option<&str>, status: u16| {
+            let mut builder = ::http::Response::builder().status(status);
+            if let Some(code) = code {
+                builder = builder.header("grpc-status", code);
+            }
+            builder.body(()).unwrap()
+        };
+        for (code, status, outcome) in [
+            (Some("0"), 200, Outcome::Success),
+            (Some("1"), 200, Outcome::Ignored),
+            (Some("5"), 200, Outcome::Success),
+            (Some("14"), 200, Outcome::Failure),
+            (Some("4"), 200, Outcome::Failure),
+            (Some("13"), 200, Outcome::Failure),
+            (None, 200, Outcome::Success),
+            (None, 503, Outcome::Failure),
+            (Some("garbage"), 200, Outcome::Success),
+        ] {
+            let r = response(code, status);
+            assert_eq!(
+                GrpcStatus.classify(Ok::<_, &()>(&r)),
+                outcome,
+                "{code:?} {status}"
+            );
         }
     }
 

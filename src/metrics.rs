@@ -15,6 +15,8 @@
 //! | `seawall_breaker_rejections_total` | counter | `breaker` | calls a standalone breaker refused |
 //! | `seawall_no_endpoints_total` | counter | `upstream` | calls failed at once with [`NoEndpoints`](crate::NoEndpoints) |
 //! | `seawall_all_ejected_total` | counter | `upstream` | calls failed at once with [`AllEjected`](crate::AllEjected) (per-endpoint breakers never reject a call themselves: pickers skip ejected endpoints) |
+//! | `seawall_retries_total` | counter | `upstream` (the retry layer's name) | retries sent |
+//! | `seawall_retries_skipped_total` | counter | `upstream`, `reason` (`not_idempotent` \| `attempts_exhausted` \| `pushback` \| `retry_after_too_long` \| `deadline` \| `budget` \| `body_not_replayable`) | retryable outcomes returned without a retry, by why |
 //! | `seawall_discovery_changes_total` | counter | `upstream`, `change` (`insert` \| `remove`) | discovery changes applied |
 //! | `seawall_discovery_errors_total` | counter | `upstream` (or `source` for a polling source) | errors from a discovery stream or poll; the last good set is kept |
 //!
@@ -39,6 +41,10 @@ pub const BREAKER_TRANSITIONS_TOTAL: &str = "seawall_breaker_transitions_total";
 pub const BREAKER_REJECTIONS_TOTAL: &str = "seawall_breaker_rejections_total";
 /// `seawall_no_endpoints_total`: calls rejected because no endpoint existed.
 pub const NO_ENDPOINTS_TOTAL: &str = "seawall_no_endpoints_total";
+/// `seawall_retries_total`: retries sent.
+pub const RETRIES_TOTAL: &str = "seawall_retries_total";
+/// `seawall_retries_skipped_total`: retryable outcomes not retried, by reason.
+pub const RETRIES_SKIPPED_TOTAL: &str = "seawall_retries_skipped_total";
 /// `seawall_all_ejected_total`: calls rejected because every endpoint was ejected.
 pub const ALL_EJECTED_TOTAL: &str = "seawall_all_ejected_total";
 /// `seawall_discovery_changes_total`: discovery changes applied, by kind.

@@ -25,7 +25,7 @@ use crate::metrics::BalanceMetrics;
 use crate::{BoxError, BuildError, rng};
 
 /// How many times the picker is asked again when it lands on an endpoint being removed.
-const MAX_REPICKS: usize = 4;
+const MAX_REPICKS: usize = 6;
 
 /// A published set with the picker's schedule for it.
 pub(crate) struct Snapshot<K, S, Sch> {
@@ -121,6 +121,8 @@ impl<K, S, P: Pick, C> Shared<K, S, P, C> {
         } else {
             PickContext::new(now_ns, rng)
         };
+        // A retry asks to avoid endpoints this request already tried (if others exist).
+        let retrying = crate::retry::retry_active();
         for _ in 0..MAX_REPICKS {
             let Some(endpoint) = self
                 .picker
@@ -129,19 +131,40 @@ impl<K, S, P: Pick, C> Shared<K, S, P, C> {
             else {
                 break;
             };
+            let id = Arc::as_ptr(endpoint) as usize;
+            if retrying && set.len() > 1 && crate::retry::avoids(id) {
+                continue;
+            }
             if let Some(picked) = self.admit(endpoint, panic, now_ns) {
+                if retrying {
+                    crate::retry::record_pick(id);
+                }
                 return picked;
             }
         }
+        // The picker kept landing on endpoints it may not use: scan from a random start, first
+        // for one this request has not tried (when retrying), then for any.
         let start = cx.random_below(set.len());
         let mut any_live = false;
-        for k in 0..set.len() {
-            let Some(endpoint) = set.get((start + k) % set.len()) else {
-                continue;
-            };
-            any_live |= !endpoint.is_removed();
-            if let Some(picked) = self.admit(endpoint, panic, now_ns) {
-                return picked;
+        for skip_tried in [retrying, false] {
+            for k in 0..set.len() {
+                let Some(endpoint) = set.get((start + k) % set.len()) else {
+                    continue;
+                };
+                any_live |= !endpoint.is_removed();
+                let id = Arc::as_ptr(endpoint) as usize;
+                if skip_tried && crate::retry::avoids(id) {
+                    continue;
+                }
+                if let Some(picked) = self.admit(endpoint, panic, now_ns) {
+                    if retrying {
+                        crate::retry::record_pick(id);
+                    }
+                    return picked;
+                }
+            }
+            if !skip_tried {
+                break;
             }
         }
         if any_live {

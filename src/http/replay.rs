@@ -20,8 +20,13 @@ use crate::BoxError;
 /// The default replay cap: 64 KiB.
 pub const DEFAULT_REPLAY_CAP: usize = 64 * 1024;
 
-/// A body that keeps what it sends, up to a cap, so a clone can send it again; see the
-/// [module docs](self).
+/// A body that keeps what it sends, up to a cap (default 64 KiB), so a clone can send it again.
+///
+/// Every hyper and tonic request body is a stream that can be read once. A clone made for a
+/// retry first replays the kept bytes, then goes on reading the original stream if the first
+/// attempt had not finished it; trailers are kept too. Past the cap nothing more is kept and
+/// the body is no longer replayable ([`is_replayable`](Self::is_replayable)): it is sent once,
+/// and another clone fails with [`BodyNotReplayable`].
 ///
 /// # Examples
 ///
@@ -56,6 +61,8 @@ struct Shared<B> {
     kept_len: usize,
     cap: usize,
     over_cap: bool,
+    /// Whether a reader has claimed the stream past the cap (only one may).
+    claimed: bool,
     trailers: Option<HeaderMap>,
     ended: bool,
     hint: SizeHint,
@@ -80,6 +87,7 @@ impl<B: Body> ReplayBody<B> {
                 kept_len: 0,
                 cap,
                 over_cap,
+                claimed: false,
                 trailers: None,
                 hint,
             })),
@@ -143,8 +151,13 @@ where
         }
         let mut shared = this.shared.lock().unwrap_or_else(PoisonError::into_inner);
         if shared.over_cap && !this.past_cap {
-            this.finished = true;
-            return Poll::Ready(Some(Err(BodyNotReplayable { cap: shared.cap }.into())));
+            if shared.claimed {
+                this.finished = true;
+                return Poll::Ready(Some(Err(BodyNotReplayable { cap: shared.cap }.into())));
+            }
+            // Known to be too large from its size hint: the first reader sends it, once.
+            shared.claimed = true;
+            this.past_cap = true;
         }
         // First, what was kept.
         if !this.past_cap {
@@ -183,6 +196,7 @@ where
                 } else if !this.past_cap {
                     // Past the cap: keep nothing more; only this reader can go on.
                     shared.over_cap = true;
+                    shared.claimed = true;
                     shared.kept = Vec::new();
                     this.past_cap = true;
                 }

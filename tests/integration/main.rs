@@ -19,6 +19,8 @@ mod metrics;
 mod p2c;
 mod polling;
 mod registry;
+#[cfg(feature = "http")]
+mod retry;
 mod support;
 #[cfg(feature = "http")]
 mod timeout;

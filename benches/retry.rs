@@ -1,0 +1,62 @@
+//! The success path (no retry happens) through deadline + retry + per-try timeout, beside the
+//! bare service, per call.
+//!
+//! `cargo bench --bench retry`
+
+// Benchmarks unwrap broken fixtures and panic on impossible states.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http_body_util::Full;
+use seawall::BoxError;
+use seawall::retry::{RetryConfig, RetryLayer};
+use seawall::timeout::{DeadlineLayer, PerTryTimeoutLayer};
+use tower::{Service, ServiceBuilder, service_fn};
+
+fn call_once<S: Service<http::Request<Full<Bytes>>>>(service: &mut S, cx: &mut Context<'_>) {
+    assert!(service.poll_ready(cx).is_ready());
+    let request = http::Request::get("/users/42")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let future = pin!(service.call(request));
+    match future.poll(cx) {
+        Poll::Ready(Ok(_)) => {}
+        _ => panic!("the no-op service answers at once"),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let mut bare = service_fn(|_: http::Request<Full<Bytes>>| async {
+        Ok::<_, BoxError>(http::Response::new(()))
+    });
+    let mut stack = ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Duration::from_secs(2)))
+        .layer(RetryLayer::new("bench", RetryConfig::default()))
+        .layer(PerTryTimeoutLayer::new(Duration::from_millis(500)))
+        .service(service_fn(
+            |_: http::Request<seawall::http::ReplayBody<Full<Bytes>>>| async {
+                Ok::<_, BoxError>(http::Response::new(()))
+            },
+        ));
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut group = c.benchmark_group("retry_success_path");
+    group.bench_function("bare_service", |b| b.iter(|| call_once(&mut bare, &mut cx)));
+    group.bench_function("deadline_retry_per_try", |b| {
+        b.iter(|| call_once(&mut stack, &mut cx))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,457 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime};
+
+use http::{Method, Request, Response};
+use metrics::{Counter, Label};
+use pin_project::pin_project;
+use tokio::time::Sleep;
+use tower::{Layer, Service};
+
+use super::attempt;
+use super::decide::{RetryClass, ServerHint, Situation, StopReason, decide};
+use super::{Backoff, BudgetConfig, RetryBudget};
+use crate::balance::PickRng;
+use crate::http::ReplayBody;
+use crate::http::headers::{Pushback, parse_grpc_retry_pushback, parse_retry_after};
+use crate::timeout::Deadline;
+use crate::{AllEjected, BoxError, CircuitOpen, NoEndpoints, TryTimeout};
+
+/// Marks a request as safe to send more than once, whatever its method (for example a POST
+/// with an idempotency key). Put it in the request's extensions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Idempotent;
+
+/// How a [`RetryLayer`] retries. Defaults: 3 attempts (the first included), Envoy's backoff
+/// (25 ms doubling to 250 ms, full jitter), Finagle's budget (20 %, 10/s, 10 s), a 64 KiB
+/// replay cap, and server-requested waits honoured up to 10 s.
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) budget: BudgetConfig,
+    pub(crate) replay_cap: usize,
+    pub(crate) max_server_wait: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            backoff: Backoff::default(),
+            budget: BudgetConfig::default(),
+            replay_cap: crate::http::DEFAULT_REPLAY_CAP,
+            max_server_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The most attempts per request, the first included (at least 1). Default is 3.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The wait between attempts. Default is [`Backoff::default`].
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The retry budget. Default is [`BudgetConfig::default`].
+    pub fn budget(mut self, budget: BudgetConfig) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The most request-body bytes kept for replay. Default is 64 KiB.
+    pub fn replay_cap(mut self, bytes: usize) -> Self {
+        self.replay_cap = bytes;
+        self
+    }
+
+    /// The longest `Retry-After` / `grpc-retry-pushback-ms` wait honoured; a longer one stops
+    /// retrying. Default is 10 s.
+    pub fn max_server_wait(mut self, wait: Duration) -> Self {
+        self.max_server_wait = wait;
+        self
+    }
+}
+
+struct Policy {
+    config: RetryConfig,
+    budget: RetryBudget,
+    retries: Counter,
+    name: Arc<str>,
+}
+
+/// Retries HTTP requests that are safe to retry; see the [module docs](super).
+///
+/// Every service built from one layer shares its retry budget.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall::retry::{RetryConfig, RetryLayer};
+/// use seawall::timeout::{DeadlineLayer, PerTryTimeoutLayer};
+/// use tower::{ServiceBuilder, service_fn};
+///
+/// # fn main() {
+/// let users = ServiceBuilder::new()
+///     .layer(DeadlineLayer::new(Duration::from_secs(2)))
+///     .layer(RetryLayer::new("users", RetryConfig::default()))
+///     .layer(PerTryTimeoutLayer::new(Duration::from_millis(500)))
+///     .service(service_fn(|_: http::Request<seawall::http::ReplayBody<String>>| async {
+///         Ok::<_, seawall::BoxError>(http::Response::new(()))
+///     }));
+/// # let _ = users;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RetryLayer {
+    policy: Arc<Policy>,
+}
+
+impl RetryLayer {
+    /// A retry layer named `name` (metric labels and logs), with its own budget.
+    pub fn new(name: impl Into<Arc<str>>, config: RetryConfig) -> Self {
+        let name = name.into();
+        Self {
+            policy: Arc::new(Policy {
+                budget: RetryBudget::new(config.budget),
+                retries: metrics::counter!(
+                    crate::metrics::RETRIES_TOTAL,
+                    vec![Label::new("upstream", name.to_string())]
+                ),
+                name,
+                config,
+            }),
+        }
+    }
+
+    /// The shared retry budget.
+    pub fn budget(&self) -> &RetryBudget {
+        &self.policy.budget
+    }
+}
+
+impl fmt::Debug for RetryLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("name", &self.policy.name)
+            .field("config", &self.policy.config)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            policy: Arc::clone(&self.policy),
+            rng: PickRng::new(),
+        }
+    }
+}
+
+/// The service of [`RetryLayer`].
+pub struct Retry<S> {
+    inner: S,
+    policy: Arc<Policy>,
+    rng: PickRng,
+}
+
+impl<S: Clone> Clone for Retry<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            policy: Arc::clone(&self.policy),
+            rng: PickRng::new(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for Retry<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("name", &self.policy.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the method is idempotent by definition (RFC 9110).
+fn idempotent_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+impl<S, B, RB> Service<Request<B>> for Retry<S>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: http_body::Body,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = RetryFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        self.policy.budget.deposit();
+        let idempotent = idempotent_method(request.method())
+            || request.extensions().get::<Idempotent>().is_some();
+        let (parts, body) = request.into_parts();
+        let request = Request::from_parts(
+            parts,
+            ReplayBody::with_cap(body, self.policy.config.replay_cap),
+        );
+        let template = request.clone();
+        let mut tried = Vec::new();
+        // The ready service makes this call; a clone makes the retries (tower's pattern).
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        let future = attempt::with_avoided(&mut tried, || ready.call(request));
+        RetryFuture {
+            state: State::Calling { future },
+            service: ready,
+            template,
+            tried,
+            attempts: 1,
+            idempotent,
+            policy: Arc::clone(&self.policy),
+            seed: self.rng.next_u64(),
+        }
+    }
+}
+
+#[pin_project(project = StateProj)]
+enum State<F> {
+    Calling {
+        #[pin]
+        future: F,
+    },
+    Waiting {
+        #[pin]
+        sleep: Sleep,
+    },
+    Readying,
+}
+
+/// The future of a [`Retry`] call.
+///
+/// # Cancellation
+///
+/// Dropping it drops the attempt under way (or the wait); the budget withdrawal of a retry
+/// already decided is not refunded.
+#[pin_project]
+pub struct RetryFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    #[pin]
+    state: State<S::Future>,
+    service: S,
+    template: Request<ReplayBody<B>>,
+    tried: Vec<usize>,
+    attempts: u32,
+    idempotent: bool,
+    policy: Arc<Policy>,
+    seed: u64,
+}
+
+impl<S, B, RB> Future for RetryFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body,
+{
+    type Output = Result<Response<RB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx)).map_err(Into::into);
+                    let (class, hint) = classify(&result);
+                    let config = &this.policy.config;
+                    *this.seed = this.seed.wrapping_add(1);
+                    let backoff = config
+                        .backoff
+                        .delay(*this.attempts, &mut PickRng::with_seed(*this.seed));
+                    let situation = Situation {
+                        class,
+                        idempotent: *this.idempotent,
+                        attempts: *this.attempts,
+                        max_attempts: config.max_attempts,
+                        hint,
+                        max_server_wait: config.max_server_wait,
+                        backoff,
+                        deadline_left: this
+                            .template
+                            .extensions()
+                            .get::<Deadline>()
+                            .map(Deadline::remaining),
+                        replayable: this.template.body().is_replayable(),
+                    };
+                    match decide(situation, || this.policy.budget.try_withdraw()) {
+                        Ok(wait) => {
+                            this.policy.retries.increment(1);
+                            *this.attempts += 1;
+                            this.state.set(State::Waiting {
+                                sleep: tokio::time::sleep(wait),
+                            });
+                        }
+                        Err(reason) => {
+                            if reason != StopReason::Final {
+                                metrics::counter!(
+                                    crate::metrics::RETRIES_SKIPPED_TOTAL,
+                                    "upstream" => this.policy.name.to_string(),
+                                    "reason" => reason.as_str()
+                                )
+                                .increment(1);
+                            }
+                            return Poll::Ready(match (result, reason) {
+                                (Err(error), StopReason::BodyNotReplayable) => Err(NotRetried {
+                                    cap: this.policy.config.replay_cap,
+                                    source: error,
+                                }
+                                .into()),
+                                (result, _) => result,
+                            });
+                        }
+                    }
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Readying);
+                }
+                StateProj::Readying => {
+                    ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
+                    let request = this.template.clone();
+                    let service = &mut *this.service;
+                    let future = attempt::with_avoided(this.tried, || service.call(request));
+                    this.state.set(State::Calling { future });
+                }
+            }
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for RetryFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryFuture")
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sorts a result into never-sent, retryable or final, with what the server asked for.
+fn classify<RB>(result: &Result<Response<RB>, BoxError>) -> (RetryClass, ServerHint) {
+    match result {
+        Ok(response) => classify_response(response),
+        Err(error) => (classify_error(error.as_ref()), ServerHint::default()),
+    }
+}
+
+fn classify_response<RB>(response: &Response<RB>) -> (RetryClass, ServerHint) {
+    let headers = response.headers();
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let mut hint = ServerHint::default();
+    if let Some(pushback) = text("grpc-retry-pushback-ms") {
+        match parse_grpc_retry_pushback(pushback) {
+            Pushback::RetryAfter(wait) => hint.wait = Some(wait),
+            Pushback::DontRetry => hint.dont_retry = true,
+        }
+    }
+    let status = response.status().as_u16();
+    let retry_after = text("retry-after").and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let class = match status {
+        502..=504 => {
+            hint.wait = hint.wait.or(retry_after);
+            RetryClass::Retryable
+        }
+        429 if retry_after.is_some() => {
+            hint.wait = retry_after;
+            RetryClass::Retryable
+        }
+        // gRPC UNAVAILABLE (14) in a trailers-only response.
+        _ if text("grpc-status") == Some("14") => RetryClass::Retryable,
+        _ => RetryClass::Final,
+    };
+    (class, hint)
+}
+
+/// Errors that prove the request never left, errors worth another try, and the rest.
+pub(crate) fn classify_error(error: &(dyn std::error::Error + 'static)) -> RetryClass {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if error.is::<NoEndpoints>()
+            || error.is::<CircuitOpen>()
+            || error.is::<AllEjected>()
+            || error.is::<tower::load_shed::error::Overloaded>()
+        {
+            return RetryClass::NeverSent;
+        }
+        if let Some(client) = error.downcast_ref::<hyper_util::client::legacy::Error>() {
+            if client.is_connect() {
+                return RetryClass::NeverSent;
+            }
+        }
+        if error.is::<crate::DeadlineExceeded>() || error.is::<NotRetried>() {
+            return RetryClass::Final;
+        }
+        if error.is::<TryTimeout>() {
+            return RetryClass::Retryable;
+        }
+        cause = error.source();
+    }
+    // A broken connection or protocol error after sending: worth another try if idempotent.
+    RetryClass::Retryable
+}
+
+/// A retry was due but the request body had exceeded the replay cap; the error of the one
+/// attempt is the source.
+#[derive(Debug)]
+pub struct NotRetried {
+    cap: usize,
+    source: BoxError,
+}
+
+impl NotRetried {
+    /// The replay cap, in bytes.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+}
+
+impl fmt::Display for NotRetried {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "not retried: the request body exceeded the {} byte replay cap ({})",
+            self.cap, self.source
+        )
+    }
+}
+
+impl std::error::Error for NotRetried {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
