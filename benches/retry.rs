@@ -19,10 +19,14 @@ use seawall::retry::{RetryConfig, RetryLayer};
 use seawall::timeout::{DeadlineLayer, PerTryTimeoutLayer};
 use tower::{Service, ServiceBuilder, service_fn};
 
-fn call_once<S: Service<http::Request<Full<Bytes>>>>(service: &mut S, cx: &mut Context<'_>) {
+fn call_once<S: Service<http::Request<Full<Bytes>>>>(
+    service: &mut S,
+    cx: &mut Context<'_>,
+    body: &'static [u8],
+) {
     assert!(service.poll_ready(cx).is_ready());
     let request = http::Request::get("/users/42")
-        .body(Full::new(Bytes::from_static(b"{}")))
+        .body(Full::new(Bytes::from_static(body)))
         .unwrap();
     let future = pin!(service.call(request));
     match future.poll(cx) {
@@ -51,10 +55,17 @@ fn bench(c: &mut Criterion) {
         ));
     let mut cx = Context::from_waker(Waker::noop());
     let mut group = c.benchmark_group("retry_success_path");
-    group.bench_function("bare_service", |b| b.iter(|| call_once(&mut bare, &mut cx)));
-    group.bench_function("deadline_retry_per_try", |b| {
-        b.iter(|| call_once(&mut stack, &mut cx))
-    });
+    for (label, body) in [
+        ("empty_body", &b""[..]),
+        ("small_body", &b"{\"id\":42}"[..]),
+    ] {
+        group.bench_function(format!("bare_service/{label}"), |b| {
+            b.iter(|| call_once(&mut bare, &mut cx, body))
+        });
+        group.bench_function(format!("deadline_retry_per_try/{label}"), |b| {
+            b.iter(|| call_once(&mut stack, &mut cx, body))
+        });
+    }
     group.finish();
 }
 

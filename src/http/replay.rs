@@ -45,7 +45,8 @@ pub const DEFAULT_REPLAY_CAP: usize = 64 * 1024;
 /// # }
 /// ```
 pub struct ReplayBody<B> {
-    shared: Arc<Mutex<Shared<B>>>,
+    /// `None` for a body that was empty from the start: nothing to keep, nothing to share.
+    shared: Option<Arc<Mutex<Shared<B>>>>,
     /// How many kept chunks this clone has sent.
     position: usize,
     /// Whether this clone has sent the trailers (or the end).
@@ -77,10 +78,18 @@ impl<B: Body> ReplayBody<B> {
     /// Wraps `body`, keeping up to `cap` bytes. A body whose size hint already says it is
     /// larger is not replayable from the start.
     pub fn with_cap(body: B, cap: usize) -> Self {
+        if body.is_end_stream() {
+            return Self {
+                shared: None,
+                position: 0,
+                finished: true,
+                past_cap: false,
+            };
+        }
         let hint = body.size_hint();
         let over_cap = hint.lower() > cap as u64;
         Self {
-            shared: Arc::new(Mutex::new(Shared {
+            shared: Some(Arc::new(Mutex::new(Shared {
                 ended: body.is_end_stream(),
                 source: Some(Box::pin(body)),
                 kept: Vec::new(),
@@ -90,7 +99,7 @@ impl<B: Body> ReplayBody<B> {
                 claimed: false,
                 trailers: None,
                 hint,
-            })),
+            }))),
             position: 0,
             finished: false,
             past_cap: false,
@@ -99,14 +108,15 @@ impl<B: Body> ReplayBody<B> {
 }
 
 impl<B> ReplayBody<B> {
-    fn lock(&self) -> MutexGuard<'_, Shared<B>> {
+    fn lock(&self) -> Option<MutexGuard<'_, Shared<B>>> {
         // The state is consistent after every statement; a panic in a body impl leaves it usable.
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+        let shared = self.shared.as_ref()?;
+        Some(shared.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Whether a fresh clone could still send the whole body: nothing past the cap was read.
     pub fn is_replayable(&self) -> bool {
-        !self.lock().over_cap
+        self.lock().is_none_or(|shared| !shared.over_cap)
     }
 }
 
@@ -114,9 +124,9 @@ impl<B> Clone for ReplayBody<B> {
     /// A body that starts again from the beginning.
     fn clone(&self) -> Self {
         Self {
-            shared: Arc::clone(&self.shared),
+            shared: self.shared.clone(),
             position: 0,
-            finished: false,
+            finished: self.shared.is_none(),
             past_cap: false,
         }
     }
@@ -124,7 +134,9 @@ impl<B> Clone for ReplayBody<B> {
 
 impl<B> fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shared = self.lock();
+        let Some(shared) = self.lock() else {
+            return f.debug_struct("ReplayBody").field("empty", &true).finish();
+        };
         f.debug_struct("ReplayBody")
             .field("kept", &shared.kept_len)
             .field("cap", &shared.cap)
@@ -149,7 +161,11 @@ where
         if this.finished {
             return Poll::Ready(None);
         }
-        let mut shared = this.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(shared) = this.shared.as_ref() else {
+            this.finished = true;
+            return Poll::Ready(None);
+        };
+        let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
         if shared.over_cap && !this.past_cap {
             if shared.claimed {
                 this.finished = true;
@@ -223,7 +239,9 @@ where
         if self.finished {
             return true;
         }
-        let shared = self.lock();
+        let Some(shared) = self.lock() else {
+            return true;
+        };
         !self.past_cap
             && shared.ended
             && self.position >= shared.kept.len()
@@ -231,7 +249,9 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        let shared = self.lock();
+        let Some(shared) = self.lock() else {
+            return SizeHint::with_exact(0);
+        };
         if shared.ended && !shared.over_cap {
             return SizeHint::with_exact(shared.kept_len as u64);
         }

@@ -286,6 +286,10 @@ where
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx)).map_err(Into::into);
                     let (class, hint) = classify(&result);
+                    if class == RetryClass::Final {
+                        // The common case: nothing to decide, nothing to measure.
+                        return Poll::Ready(result);
+                    }
                     let config = &this.policy.config;
                     *this.seed = this.seed.wrapping_add(1);
                     let backoff = config

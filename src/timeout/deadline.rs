@@ -142,7 +142,8 @@ where
         req.set_deadline(deadline);
         DeadlineFuture {
             inner: self.inner.call(req),
-            sleep: tokio::time::sleep_until(deadline.0),
+            sleep: None,
+            at: deadline.0,
             total: deadline.0.saturating_duration_since(now),
         }
     }
@@ -158,8 +159,10 @@ where
 pub struct DeadlineFuture<F> {
     #[pin]
     inner: F,
+    /// Created only if the call is still pending when first polled.
     #[pin]
-    sleep: Sleep,
+    sleep: Option<Sleep>,
+    at: Instant,
     total: Duration,
 }
 
@@ -171,11 +174,16 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
-        ready!(this.sleep.poll(cx));
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep_until(*this.at)));
+        }
+        if let Some(sleep) = this.sleep.as_pin_mut() {
+            ready!(sleep.poll(cx));
+        }
         Poll::Ready(Err(DeadlineExceeded::new(*this.total).into()))
     }
 }

@@ -113,7 +113,8 @@ where
             // No time left: do not send at all.
             return PerTryTimeoutFuture {
                 inner: None,
-                sleep: tokio::time::sleep_until(now),
+                sleep: None,
+                at: now,
                 timeout,
                 by_deadline,
             };
@@ -121,7 +122,8 @@ where
         req.propagate_timeout(timeout, self.layer.header.as_ref());
         PerTryTimeoutFuture {
             inner: Some(self.inner.call(req)),
-            sleep: tokio::time::sleep_until(now + timeout),
+            sleep: None,
+            at: now + timeout,
             timeout,
             by_deadline,
         }
@@ -138,8 +140,10 @@ where
 pub struct PerTryTimeoutFuture<F> {
     #[pin]
     inner: Option<F>,
+    /// Created only if the attempt is still pending when first polled.
     #[pin]
-    sleep: Sleep,
+    sleep: Option<Sleep>,
+    at: Instant,
     timeout: Duration,
     by_deadline: bool,
 }
@@ -152,12 +156,17 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Some(inner) = this.inner.as_pin_mut() {
             if let Poll::Ready(result) = inner.poll(cx) {
                 return Poll::Ready(result.map_err(Into::into));
             }
-            ready!(this.sleep.poll(cx));
+            if this.sleep.is_none() {
+                this.sleep.set(Some(tokio::time::sleep_until(*this.at)));
+            }
+            if let Some(sleep) = this.sleep.as_pin_mut() {
+                ready!(sleep.poll(cx));
+            }
         }
         Poll::Ready(Err(if *this.by_deadline {
             DeadlineExceeded::new(*this.timeout).into()
