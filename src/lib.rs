@@ -2,8 +2,9 @@
 //!
 //! It is a set of [Tower] middleware for calling one *logical service* that runs as many
 //! *instances*: a load balancer fed by a discovery stream ([`balance::Balance`]), discovery
-//! sources ([`discover`]), and — in later releases — circuit breakers, timeouts and retries
-//! composed in one path:
+//! sources ([`discover`]), circuit breakers ([`breaker`], standalone and per endpoint),
+//! bulkheads ([`bulkhead`]), active health checks ([`health`]), deadlines and per-try
+//! timeouts ([`timeout`]) and safe retries ([`retry`]), composed in one path:
 //!
 //! ```text
 //! caller (axum handler, tonic client, gateway proxy)
@@ -11,7 +12,7 @@
 //!       └─ Retry ........................... classify → budget → backoff → again
 //!           └─ per-try Timeout
 //!               └─ Balance ................. picks one live endpoint (RoundRobin | LeastConn | P2c)
-//!                   ├─ endpoint "a" ─ load tracking ─ S (hyper client, tonic Channel, …)
+//!                   ├─ endpoint "a": breaker ─ load tracking ─ S (hyper client, tonic Channel, …)
 //!                   └─ … kept current by a discovery stream (Change::Insert / Change::Remove)
 //! ```
 //!
