@@ -32,6 +32,11 @@ fn snapshotter() -> &'static Snapshotter {
 }
 
 fn series(upstream: &str) -> Vec<Series> {
+    series_labelled("upstream", upstream)
+}
+
+/// Every series carrying the label `key = value`.
+fn series_labelled(label: &str, wanted: &str) -> Vec<Series> {
     snapshotter()
         .snapshot()
         .into_vec()
@@ -44,7 +49,7 @@ fn series(upstream: &str) -> Vec<Series> {
                 .collect();
             labels
                 .iter()
-                .any(|(k, v)| k == "upstream" && v == upstream)
+                .any(|(k, v)| k == label && v == wanted)
                 .then(|| (kind, key.name().to_owned(), labels, value))
         })
         .collect()
@@ -144,22 +149,7 @@ async fn breakers_emit_state_transitions_rejections_and_ejections() {
     for _ in 0..3 {
         let _ = failing.clone().oneshot(()).await;
     }
-    let all: Vec<Series> = snapshotter()
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter_map(|(key, _, _, value)| {
-            let (kind, key) = key.into_parts();
-            let labels: Vec<(String, String)> = key
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            labels
-                .iter()
-                .any(|(k, v)| k == "breaker" && v == "metrics-breaker")
-                .then(|| (kind, key.name().to_owned(), labels, value))
-        })
-        .collect();
+    let all = series_labelled("breaker", "metrics-breaker");
     assert!(
         matches!(value(&all, "seawall_breaker_state", &[]), Some(DebugValue::Gauge(g)) if g.into_inner() == 1.0)
     );

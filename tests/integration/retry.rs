@@ -295,6 +295,33 @@ mod through_balance {
         addr
     }
 
+    type HttpBalance<P> =
+        Balance<&'static str, seawall::http::HttpEndpoint<ReplayBody<Full<Bytes>>>, P, HttpStatus>;
+
+    /// A balancer over the given instances, classifying 5xx as failures.
+    async fn balance_over<P: seawall::balance::Pick>(
+        instances: &[(&'static str, std::net::SocketAddr)],
+        picker: P,
+    ) -> HttpBalance<P> {
+        let (tx, discover) = crate::support::channel();
+        for &(name, addr) in instances {
+            tx.send(Ok(Change::Insert(name, Instance::new(name, addr))))
+                .unwrap();
+        }
+        std::mem::forget(tx); // the set stays as it is for the test's lifetime
+        let balance = Balance::builder(HttpEndpoints::new(
+            default_client::<ReplayBody<Full<Bytes>>>(),
+            discover,
+        ))
+        .picker(picker)
+        .classify(HttpStatus)
+        .seed(5)
+        .build()
+        .unwrap();
+        eventually("published", || balance.endpoints().len() == instances.len()).await;
+        balance
+    }
+
     /// An address nothing listens on (bound, then closed).
     async fn dead_address() -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -306,20 +333,7 @@ mod through_balance {
         let served = Arc::new(AtomicUsize::new(0));
         let live = server(200, served.clone()).await;
         let dead = dead_address().await;
-        let (tx, discover) = crate::support::channel();
-        tx.send(Ok(Change::Insert("dead", Instance::new("dead", dead))))
-            .unwrap();
-        tx.send(Ok(Change::Insert("live", Instance::new("live", live))))
-            .unwrap();
-        let balance = Balance::builder(HttpEndpoints::new(
-            default_client::<ReplayBody<Full<Bytes>>>(),
-            discover,
-        ))
-        .picker(RoundRobin::new())
-        .classify(HttpStatus)
-        .build()
-        .unwrap();
-        eventually("published", || balance.endpoints().len() == 2).await;
+        let balance = balance_over(&[("dead", dead), ("live", live)], RoundRobin::new()).await;
         let service = retry().layer(balance);
         for i in 0..10 {
             let post = Request::post("/orders")
@@ -344,23 +358,10 @@ mod through_balance {
         let (bad, good) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let bad_addr = server(503, bad.clone()).await;
         let good_addr = server(200, good.clone()).await;
-        let (tx, discover) = crate::support::channel();
-        tx.send(Ok(Change::Insert("bad", Instance::new("bad", bad_addr))))
-            .unwrap();
-        tx.send(Ok(Change::Insert("good", Instance::new("good", good_addr))))
-            .unwrap();
         // Least connection with random ties: without avoidance a retry would go back to the
         // same endpoint half the time.
-        let balance = Balance::builder(HttpEndpoints::new(
-            default_client::<ReplayBody<Full<Bytes>>>(),
-            discover,
-        ))
-        .picker(LeastConn::new())
-        .classify(HttpStatus)
-        .seed(5)
-        .build()
-        .unwrap();
-        eventually("published", || balance.endpoints().len() == 2).await;
+        let balance =
+            balance_over(&[("bad", bad_addr), ("good", good_addr)], LeastConn::new()).await;
         let service =
             RetryLayer::new("avoid", RetryConfig::default().max_attempts(2)).layer(balance);
         for _ in 0..30 {
