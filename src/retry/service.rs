@@ -87,6 +87,24 @@ struct Policy {
     budget: RetryBudget,
     retries: Counter,
     name: Arc<str>,
+    /// Seeds the backoff jitter of every service of the layer, when reproducible runs are
+    /// wanted; each service (and clone) draws its own stream from it.
+    seed: Option<u64>,
+    clones: std::sync::atomic::AtomicU64,
+}
+
+impl Policy {
+    fn rng(&self) -> PickRng {
+        match self.seed {
+            Some(seed) => {
+                let n = self
+                    .clones
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                PickRng::with_seed(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            }
+            None => PickRng::new(),
+        }
+    }
 }
 
 /// Retries HTTP requests that are safe to retry; see the [module docs](super).
@@ -120,7 +138,15 @@ pub struct RetryLayer {
 impl RetryLayer {
     /// A retry layer named `name` (metric labels and logs), with its own budget.
     pub fn new(name: impl Into<Arc<str>>, config: RetryConfig) -> Self {
-        let name = name.into();
+        Self::build(name.into(), config, None)
+    }
+
+    /// The same, with the backoff jitter seeded for reproducible runs.
+    pub fn with_seed(name: impl Into<Arc<str>>, config: RetryConfig, seed: u64) -> Self {
+        Self::build(name.into(), config, Some(seed))
+    }
+
+    fn build(name: Arc<str>, config: RetryConfig, seed: Option<u64>) -> Self {
         Self {
             policy: Arc::new(Policy {
                 budget: RetryBudget::new(config.budget),
@@ -130,6 +156,8 @@ impl RetryLayer {
                 ),
                 name,
                 config,
+                seed,
+                clones: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -155,8 +183,8 @@ impl<S> Layer<S> for RetryLayer {
     fn layer(&self, inner: S) -> Retry<S> {
         Retry {
             inner,
+            rng: self.policy.rng(),
             policy: Arc::clone(&self.policy),
-            rng: PickRng::new(),
         }
     }
 }
@@ -172,8 +200,8 @@ impl<S: Clone> Clone for Retry<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            rng: self.policy.rng(),
             policy: Arc::clone(&self.policy),
-            rng: PickRng::new(),
         }
     }
 }
