@@ -86,6 +86,9 @@ pub mod metrics;
 pub mod retry;
 mod rng;
 pub mod timeout;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+mod upstream;
 mod window;
 
 #[cfg(any(test, fuzzing))]
@@ -97,6 +100,9 @@ pub mod fuzz;
 mod breaker_fuzz {
     pub(crate) use crate::breaker::fuzz_exports::{Core, Ending, Permit, Refusal};
 }
+
+#[cfg(feature = "http")]
+pub use upstream::{HttpUpstream, Upstream};
 
 pub use error::{
     AllEjected, BoxError, BuildError, CircuitOpen, DeadlineExceeded, NoEndpoints, TryTimeout,

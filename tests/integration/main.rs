@@ -24,6 +24,8 @@ mod retry;
 mod support;
 #[cfg(feature = "http")]
 mod timeout;
+#[cfg(feature = "http")]
+mod upstream;
 
 #[global_allocator]
 static ALLOCATOR: support::CountingAllocator = support::CountingAllocator;

@@ -1,0 +1,194 @@
+//! One logical HTTP service, with the whole resilience path, from one configuration.
+//!
+//! [`Upstream::builder`] composes the layers in the order that makes each of them correct:
+//!
+//! ```text
+//! Deadline ─ Retry ─ per-try Timeout ─ Balance ─ per-endpoint breaker ─ pooled hyper-util client
+//! ```
+//!
+//! The deadline bounds everything, retries included; each retry gets its own per-try timeout
+//! and goes back through the balancer (preferring an endpoint it has not tried), which skips
+//! ejected endpoints. The result is one `Clone` service.
+
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_core::Stream;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower::Layer;
+use tower::discover::Change;
+
+use crate::balance::{Balance, P2c, Pick};
+use crate::breaker::BreakerConfig;
+use crate::classify::HttpStatus;
+use crate::discover::Instance;
+use crate::http::{HttpEndpoint, HttpEndpoints, ReplayBody};
+use crate::retry::{Retry, RetryConfig, RetryLayer};
+use crate::timeout::{DeadlineLayer, DeadlineService, PerTryTimeout, PerTryTimeoutLayer};
+use crate::{BoxError, BuildError};
+
+/// The service an HTTP [`Upstream`] builds: `Clone`, accepting `http::Request<B>`.
+pub type HttpUpstream<K, B, P = P2c> =
+    DeadlineService<Retry<PerTryTimeout<Balance<K, HttpEndpoint<ReplayBody<B>>, P, HttpStatus>>>>;
+
+/// Builds the whole resilience path for one logical service, in the order that makes each
+/// layer correct:
+///
+/// ```text
+/// Deadline ─ Retry ─ per-try Timeout ─ Balance ─ per-endpoint breaker ─ pooled hyper-util client
+/// ```
+///
+/// The deadline bounds everything, retries included; each retry gets its own per-try timeout
+/// and goes back through the balancer (preferring an endpoint it has not tried), which skips
+/// ejected endpoints. The result is one `Clone` service.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use http_body_util::Empty;
+/// use seawall::Upstream;
+/// use seawall::balance::LeastConn;
+/// use seawall::breaker::BreakerConfig;
+/// use seawall::discover::Registry;
+/// use seawall::http::{ReplayBody, default_client};
+/// use seawall::retry::RetryConfig;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), seawall::BoxError> {
+/// let registry = Registry::new();
+/// let users = Upstream::builder("users")
+///     .picker(LeastConn::new())
+///     .endpoint_breaker(BreakerConfig::default())
+///     .retry(RetryConfig::default())
+///     .per_try_timeout(Duration::from_millis(500))
+///     .deadline(Duration::from_secs(2))
+///     .build_http(registry.watch("users"), default_client::<ReplayBody<Empty<Bytes>>>())?;
+/// # let _ = users;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Upstream<P = P2c> {
+    name: Arc<str>,
+    picker: P,
+    endpoint_breaker: Option<BreakerConfig>,
+    retry: RetryConfig,
+    per_try_timeout: Option<Duration>,
+    deadline: Duration,
+    wait_for_endpoints: Option<Duration>,
+}
+
+impl Upstream {
+    /// Starts an upstream named `name` (metrics, logs, errors). Defaults: picker [`P2c`], no
+    /// per-endpoint breakers, [`RetryConfig::default`], a 15 s deadline (Envoy's route
+    /// timeout) and no per-try timeout beyond it.
+    pub fn builder(name: impl Into<Arc<str>>) -> Upstream<P2c> {
+        Upstream {
+            name: name.into(),
+            picker: P2c::new(),
+            endpoint_breaker: None,
+            retry: RetryConfig::default(),
+            per_try_timeout: None,
+            deadline: Duration::from_secs(15),
+            wait_for_endpoints: None,
+        }
+    }
+}
+
+impl<P: Pick> Upstream<P> {
+    /// The picker. Default is [`P2c`].
+    pub fn picker<P2: Pick>(self, picker: P2) -> Upstream<P2> {
+        Upstream {
+            name: self.name,
+            picker,
+            endpoint_breaker: self.endpoint_breaker,
+            retry: self.retry,
+            per_try_timeout: self.per_try_timeout,
+            deadline: self.deadline,
+            wait_for_endpoints: self.wait_for_endpoints,
+        }
+    }
+
+    /// Per-endpoint circuit breakers (outlier ejection). Default is none.
+    pub fn endpoint_breaker(mut self, config: BreakerConfig) -> Self {
+        self.endpoint_breaker = Some(config);
+        self
+    }
+
+    /// Retries. Default is [`RetryConfig::default`]; `max_attempts(1)` turns them off.
+    pub fn retry(mut self, config: RetryConfig) -> Self {
+        self.retry = config;
+        self
+    }
+
+    /// The most one attempt may take. Default is the whole deadline.
+    pub fn per_try_timeout(mut self, timeout: Duration) -> Self {
+        self.per_try_timeout = Some(timeout);
+        self
+    }
+
+    /// The most a call may take, retries included. Default is 15 s.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Lets calls made before discovery has answered wait up to `wait` for the first
+    /// endpoints. Default is no wait.
+    pub fn wait_for_endpoints(mut self, wait: Duration) -> Self {
+        self.wait_for_endpoints = Some(wait);
+        self
+    }
+
+    /// Builds the HTTP upstream over `client`, fed by `discover` (addresses or
+    /// [`Instance`]s, such as a [`Registry`](crate::discover::Registry) watch).
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError`] outside a Tokio runtime or for an out-of-range breaker setting.
+    pub fn build_http<D, K, V, E, B>(
+        self,
+        discover: D,
+        client: Client<HttpConnector, ReplayBody<B>>,
+    ) -> Result<HttpUpstream<K, B, P>, BuildError>
+    where
+        D: Stream<Item = Result<Change<K, V>, E>> + Send + 'static,
+        K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+        V: Into<Instance>,
+        E: Into<BoxError>,
+        B: Send + 'static,
+    {
+        let mut balance = Balance::builder(HttpEndpoints::new(client, discover))
+            .name(Arc::clone(&self.name))
+            .picker(self.picker)
+            .classify(HttpStatus)
+            .weighted();
+        if let Some(config) = self.endpoint_breaker {
+            balance = balance.endpoint_breaker(config);
+        }
+        if let Some(wait) = self.wait_for_endpoints {
+            balance = balance.wait_for_endpoints(wait);
+        }
+        let balance = balance.build()?;
+        let per_try = PerTryTimeoutLayer::new(self.per_try_timeout.unwrap_or(self.deadline));
+        let retry = RetryLayer::new(Arc::clone(&self.name), self.retry);
+        Ok(DeadlineLayer::new(self.deadline).layer(retry.layer(per_try.layer(balance))))
+    }
+}
+
+impl<P: fmt::Debug> fmt::Debug for Upstream<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("picker", &self.picker)
+            .field("endpoint_breaker", &self.endpoint_breaker)
+            .field("retry", &self.retry)
+            .field("per_try_timeout", &self.per_try_timeout)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
