@@ -1,7 +1,7 @@
+use crate::rng::SeedSequence;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use crate::breaker::{BreakerConfig, EjectionBudget, Mode};
 use crate::classify::{Classify, ErrorsAreFailures};
 use crate::health::HealthCheck;
 use crate::metrics::BalanceMetrics;
-use crate::{BoxError, BuildError, rng};
+use crate::{BoxError, BuildError};
 
 /// How many times the picker is asked again when it lands on an endpoint being removed.
 const MAX_REPICKS: usize = 6;
@@ -63,8 +63,7 @@ pub(crate) struct Shared<K, S, P: Pick, C> {
     pub(crate) metrics: BalanceMetrics,
     pub(crate) wait_for_endpoints: Option<Duration>,
     pub(crate) ejection: Option<Ejection>,
-    seed: u64,
-    clones: AtomicU64,
+    seeds: SeedSequence,
 }
 
 /// Figures from a balancer's per-endpoint breakers; see [`Balance::ejection_stats`].
@@ -194,16 +193,8 @@ impl<K, S, P: Pick, C> Shared<K, S, P, C> {
     }
 
     fn clone_seed(&self) -> u64 {
-        let n = self.clones.fetch_add(1, Ordering::Relaxed);
-        splitmix(self.seed ^ splitmix(n))
+        self.seeds.next_seed()
     }
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Aborts the balancer's tasks (discovery, health checks) when its last clone is dropped.
@@ -520,7 +511,6 @@ impl<D: Discover, P, C> Builder<D, P, C> {
         };
         let empty = EndpointSet::empty();
         let schedule = self.picker.schedule(&empty);
-        let seed = self.seed.unwrap_or_else(rng::random_seed);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 generation: 0,
@@ -535,8 +525,7 @@ impl<D: Discover, P, C> Builder<D, P, C> {
             published: watch::Sender::new((0, 0)),
             wait_for_endpoints: self.wait_for_endpoints,
             ejection,
-            seed,
-            clones: AtomicU64::new(0),
+            seeds: SeedSequence::new(self.seed),
         });
         let mut tasks = vec![runtime.spawn(worker::run(
             self.discover,

@@ -17,6 +17,7 @@ use super::{Backoff, BudgetConfig, RetryBudget};
 use crate::balance::PickRng;
 use crate::http::ReplayBody;
 use crate::http::headers::{Pushback, parse_grpc_retry_pushback, parse_retry_after};
+use crate::rng::SeedSequence;
 use crate::timeout::Deadline;
 use crate::{AllEjected, BoxError, CircuitOpen, NoEndpoints, TryTimeout};
 
@@ -87,23 +88,13 @@ struct Policy {
     budget: RetryBudget,
     retries: Counter,
     name: Arc<str>,
-    /// Seeds the backoff jitter of every service of the layer, when reproducible runs are
-    /// wanted; each service (and clone) draws its own stream from it.
-    seed: Option<u64>,
-    clones: std::sync::atomic::AtomicU64,
+    /// Seeds for the backoff jitter of every service (and clone) of the layer.
+    seeds: SeedSequence,
 }
 
 impl Policy {
     fn rng(&self) -> PickRng {
-        match self.seed {
-            Some(seed) => {
-                let n = self
-                    .clones
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                PickRng::with_seed(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
-            }
-            None => PickRng::new(),
-        }
+        PickRng::with_seed(self.seeds.next_seed())
     }
 }
 
@@ -156,8 +147,7 @@ impl RetryLayer {
                 ),
                 name,
                 config,
-                seed,
-                clones: std::sync::atomic::AtomicU64::new(0),
+                seeds: SeedSequence::new(seed),
             }),
         }
     }
