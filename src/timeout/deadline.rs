@@ -4,10 +4,11 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::TimeoutRequest;
+use super::timer::LazyTimer;
 use crate::BoxError;
 use crate::error::DeadlineExceeded;
 
@@ -142,8 +143,7 @@ where
         req.set_deadline(deadline);
         DeadlineFuture {
             inner: self.inner.call(req),
-            sleep: None,
-            at: deadline.0,
+            timer: LazyTimer::new(deadline.0),
             total: deadline.0.saturating_duration_since(now),
         }
     }
@@ -159,10 +159,8 @@ where
 pub struct DeadlineFuture<F> {
     #[pin]
     inner: F,
-    /// Created only if the call is still pending when first polled.
     #[pin]
-    sleep: Option<Sleep>,
-    at: Instant,
+    timer: LazyTimer,
     total: Duration,
 }
 
@@ -174,16 +172,11 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
-        if this.sleep.is_none() {
-            this.sleep.set(Some(tokio::time::sleep_until(*this.at)));
-        }
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            ready!(sleep.poll(cx));
-        }
+        ready!(this.timer.poll_elapsed(cx));
         Poll::Ready(Err(DeadlineExceeded::new(*this.total).into()))
     }
 }

@@ -17,6 +17,7 @@
 
 mod deadline;
 mod per_try;
+mod timer;
 
 pub use self::deadline::{Deadline, DeadlineFuture, DeadlineLayer, DeadlineService};
 pub use self::per_try::{PerTryTimeout, PerTryTimeoutFuture, PerTryTimeoutLayer};

@@ -4,9 +4,10 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use super::timer::LazyTimer;
 use super::{PropagationHeader, TimeoutRequest};
 use crate::BoxError;
 use crate::error::{DeadlineExceeded, TryTimeout};
@@ -113,8 +114,7 @@ where
             // No time left: do not send at all.
             return PerTryTimeoutFuture {
                 inner: None,
-                sleep: None,
-                at: now,
+                timer: LazyTimer::new(now),
                 timeout,
                 by_deadline,
             };
@@ -122,8 +122,7 @@ where
         req.propagate_timeout(timeout, self.layer.header.as_ref());
         PerTryTimeoutFuture {
             inner: Some(self.inner.call(req)),
-            sleep: None,
-            at: now + timeout,
+            timer: LazyTimer::new(now + timeout),
             timeout,
             by_deadline,
         }
@@ -140,10 +139,8 @@ where
 pub struct PerTryTimeoutFuture<F> {
     #[pin]
     inner: Option<F>,
-    /// Created only if the attempt is still pending when first polled.
     #[pin]
-    sleep: Option<Sleep>,
-    at: Instant,
+    timer: LazyTimer,
     timeout: Duration,
     by_deadline: bool,
 }
@@ -156,17 +153,12 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Some(inner) = this.inner.as_pin_mut() {
             if let Poll::Ready(result) = inner.poll(cx) {
                 return Poll::Ready(result.map_err(Into::into));
             }
-            if this.sleep.is_none() {
-                this.sleep.set(Some(tokio::time::sleep_until(*this.at)));
-            }
-            if let Some(sleep) = this.sleep.as_pin_mut() {
-                ready!(sleep.poll(cx));
-            }
+            ready!(this.timer.poll_elapsed(cx));
         }
         Poll::Ready(Err(if *this.by_deadline {
             DeadlineExceeded::new(*this.timeout).into()
