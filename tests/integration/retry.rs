@@ -261,40 +261,11 @@ fn futures_stream<T: Unpin>(items: Vec<T>) -> impl futures_core::Stream<Item = T
 
 mod through_balance {
     use super::*;
-    use crate::support::eventually;
+    use crate::support::{eventually, status_server};
     use seawall::balance::{Balance, LeastConn, RoundRobin};
     use seawall::classify::HttpStatus;
     use seawall::discover::{Change, Instance};
     use seawall::http::{HttpEndpoints, default_client};
-
-    /// A loopback server that counts requests and answers `status`.
-    async fn server(status: u16, count: Arc<AtomicUsize>) -> std::net::SocketAddr {
-        use hyper::server::conn::http1;
-        use hyper_util::rt::TokioIo;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let count = count.clone();
-                tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            count.fetch_add(1, Ordering::SeqCst);
-                            async move {
-                                let _ = req.into_body().collect().await;
-                                Response::builder()
-                                    .status(status)
-                                    .body(Full::new(Bytes::new()))
-                            }
-                        });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        addr
-    }
 
     type HttpBalance<P> =
         Balance<&'static str, seawall::http::HttpEndpoint<ReplayBody<Full<Bytes>>>, P, HttpStatus>;
@@ -332,7 +303,7 @@ mod through_balance {
     #[tokio::test]
     async fn a_post_that_hit_a_refused_connection_is_retried_and_runs_once() {
         let served = Arc::new(AtomicUsize::new(0));
-        let live = server(200, served.clone()).await;
+        let live = status_server(200, served.clone()).await;
         let dead = dead_address().await;
         let balance = balance_over(&[("dead", dead), ("live", live)], RoundRobin::new()).await;
         let service = retry().layer(balance);
@@ -357,8 +328,8 @@ mod through_balance {
     #[tokio::test]
     async fn a_retry_goes_to_an_endpoint_not_yet_tried() {
         let (bad, good) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let bad_addr = server(503, bad.clone()).await;
-        let good_addr = server(200, good.clone()).await;
+        let bad_addr = status_server(503, bad.clone()).await;
+        let good_addr = status_server(200, good.clone()).await;
         // Least connection with random ties: without avoidance a retry would go back to the
         // same endpoint half the time.
         let balance =

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::Empty;
 use seawall::Upstream;
 use seawall::balance::RoundRobin;
 use seawall::breaker::{BreakerConfig, Window};
@@ -15,40 +15,14 @@ use seawall::http::{ReplayBody, default_client};
 use seawall::retry::RetryConfig;
 use tower::ServiceExt;
 
-async fn server(status: u16, count: Arc<AtomicUsize>) -> std::net::SocketAddr {
-    use hyper::server::conn::http1;
-    use hyper_util::rt::TokioIo;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let count = count.clone();
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        count.fetch_add(1, Ordering::SeqCst);
-                        async move {
-                            let _ = req.into_body().collect().await;
-                            http::Response::builder()
-                                .status(status)
-                                .body(Full::new(Bytes::new()))
-                        }
-                    });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
+use crate::support::status_server;
 
 #[tokio::test]
 async fn one_builder_hides_a_failing_instance_from_gets_and_never_repeats_a_post() {
     let counts: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::new(AtomicUsize::new(0))).collect();
     let registry = Registry::new();
     for (i, status) in [200, 200, 503].into_iter().enumerate() {
-        let addr = server(status, counts[i].clone()).await;
+        let addr = status_server(status, counts[i].clone()).await;
         registry
             .register(
                 "users",

@@ -279,3 +279,34 @@ impl Service<()> for Flaky {
         }
     }
 }
+
+/// A loopback HTTP server that answers every request with `status` and counts requests.
+#[cfg(feature = "http")]
+pub async fn status_server(status: u16, count: Arc<AtomicUsize>) -> std::net::SocketAddr {
+    use http_body_util::{BodyExt, Full};
+    use hyper::server::conn::http1;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            http::Response::builder()
+                                .status(status)
+                                .body(Full::new(bytes::Bytes::new()))
+                        }
+                    });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
