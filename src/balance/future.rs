@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use pin_project::pin_project;
+use pin_project::{pin_project, pinned_drop};
 use tokio::time::Instant;
 use tower::Service;
 
@@ -21,7 +21,9 @@ use crate::{AllEjected, BoxError, NoEndpoints};
 ///
 /// Dropping the future before it completes releases the endpoint's in-flight count at once and
 /// counts the call as `cancelled` in `seawall_requests_total`; it is not fed to the load estimate.
-#[pin_project(project = FutureProj)]
+/// A call dropped by a seawall timeout layer because its time ran out is different: it counts
+/// as a failure of its endpoint, in the breaker, the load estimate and the metrics.
+#[pin_project(PinnedDrop, project = FutureProj)]
 pub struct ResponseFuture<K, S, P: Pick, C, Req>
 where
     S: Service<Req>,
@@ -251,7 +253,13 @@ where
         *self.in_flight = in_flight;
         self.state.set(state);
     }
+}
 
+impl<K, S, P, C, Req> FutureProj<'_, K, S, P, C, Req>
+where
+    S: Service<Req>,
+    P: Pick,
+{
     /// Records the outcome and latency of a finished call and releases its in-flight count.
     fn finish(&mut self, outcome: Outcome) {
         let Some(mut in_flight) = self.in_flight.take() else {
@@ -282,6 +290,19 @@ where
                 now_ns,
             },
         );
+    }
+}
+
+#[pinned_drop]
+impl<K, S, P, C, Req> PinnedDrop for ResponseFuture<K, S, P, C, Req>
+where
+    S: Service<Req>,
+    P: Pick,
+{
+    fn drop(self: Pin<&mut Self>) {
+        if self.in_flight.is_some() && crate::timeout::expiry::is_expiring() {
+            self.project().finish(Outcome::Failure);
+        }
     }
 }
 

@@ -17,7 +17,9 @@ use crate::error::CircuitOpen;
 /// # Cancellation
 ///
 /// Dropping it before it completes counts as neither success nor failure for an ordinary call,
-/// but as a failure for a half-open trial (the circuit opens again), as in Hystrix.
+/// but as a failure for a half-open trial (the circuit opens again), as in Hystrix. A call
+/// that a seawall timeout layer above drops because its time ran out counts as a failure: a
+/// timeout is the upstream's fault.
 #[pin_project(PinnedDrop)]
 pub struct ResponseFuture<F, C> {
     #[pin]
@@ -99,7 +101,7 @@ impl<F, C> PinnedDrop for ResponseFuture<F, C> {
         if let Some(admitted) = self.project().admitted.take() {
             admitted
                 .breaker
-                .record(admitted.permit, Ending::Cancelled, admitted.started);
+                .record(admitted.permit, Ending::dropped(), admitted.started);
         }
     }
 }

@@ -306,7 +306,8 @@ pub struct WindowCounts {
 /// # Cancellation
 ///
 /// Dropped without [`record`](Self::record), the call counts as cancelled: nothing for an
-/// ordinary call, a failure for a half-open trial.
+/// ordinary call, a failure for a half-open trial. Dropped by a seawall timeout layer whose
+/// time ran out (the permit lives in a future under it), it counts as a failure.
 #[derive(Debug)]
 pub struct BreakerPermit<'a> {
     breaker: &'a Breaker,
@@ -334,7 +335,7 @@ impl Drop for BreakerPermit<'_> {
     fn drop(&mut self) {
         if !self.recorded {
             self.breaker
-                .record(self.permit, Ending::Cancelled, self.started);
+                .record(self.permit, Ending::dropped(), self.started);
         }
     }
 }

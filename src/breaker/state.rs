@@ -126,6 +126,18 @@ pub(crate) enum Ending {
     Cancelled,
 }
 
+impl Ending {
+    /// How a call dropped before it finished ends: a failure if a seawall timeout dropped it
+    /// because its time ran out, a cancellation otherwise.
+    pub(crate) fn dropped() -> Self {
+        if crate::timeout::expiry::is_expiring() {
+            Ending::Classified(Outcome::Failure)
+        } else {
+            Ending::Cancelled
+        }
+    }
+}
+
 /// A change of state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transition {

@@ -142,7 +142,7 @@ where
         }
         req.set_deadline(deadline);
         DeadlineFuture {
-            inner: self.inner.call(req),
+            inner: Some(self.inner.call(req)),
             timer: LazyTimer::new(deadline.0),
             total: deadline.0.saturating_duration_since(now),
         }
@@ -157,8 +157,9 @@ where
 #[pin_project]
 #[derive(Debug)]
 pub struct DeadlineFuture<F> {
+    /// `None` once the deadline has passed and the call was dropped.
     #[pin]
-    inner: F,
+    inner: Option<F>,
     #[pin]
     timer: LazyTimer,
     total: Duration,
@@ -172,11 +173,15 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(result) = this.inner.poll(cx) {
-            return Poll::Ready(result.map_err(Into::into));
+        let mut this = self.project();
+        if let Some(inner) = this.inner.as_mut().as_pin_mut() {
+            if let Poll::Ready(result) = inner.poll(cx) {
+                return Poll::Ready(result.map_err(Into::into));
+            }
+            ready!(this.timer.poll_elapsed(cx));
+            // Drop the call now, flagged, so the endpoint it waits on is charged a failure.
+            super::expiry::dropping_expired(|| this.inner.set(None));
         }
-        ready!(this.timer.poll_elapsed(cx));
         Poll::Ready(Err(DeadlineExceeded::new(*this.total).into()))
     }
 }

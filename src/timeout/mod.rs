@@ -16,6 +16,7 @@
 //! A timer starts when a layer's `call` is made, not when the future is first polled.
 
 mod deadline;
+pub(crate) mod expiry;
 mod per_try;
 mod timer;
 

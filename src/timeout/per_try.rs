@@ -153,12 +153,14 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Some(inner) = this.inner.as_pin_mut() {
+        let mut this = self.project();
+        if let Some(inner) = this.inner.as_mut().as_pin_mut() {
             if let Poll::Ready(result) = inner.poll(cx) {
                 return Poll::Ready(result.map_err(Into::into));
             }
             ready!(this.timer.poll_elapsed(cx));
+            // Drop the attempt now, flagged, so the endpoint's breaker counts a failure.
+            super::expiry::dropping_expired(|| this.inner.set(None));
         }
         Poll::Ready(Err(if *this.by_deadline {
             DeadlineExceeded::new(*this.timeout).into()

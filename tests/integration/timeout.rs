@@ -140,3 +140,104 @@ async fn plain_http_gets_no_grpc_timeout_and_a_fast_answer_passes() {
     let stack = DeadlineLayer::new(Duration::from_secs(1)).layer(fast);
     assert_eq!(stack.oneshot(http::Request::new(())).await.unwrap(), 7);
 }
+
+/// An endpoint that answers at once, or never, and counts its calls.
+#[derive(Clone)]
+struct MaybeHung {
+    hung: bool,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tower::Service<http::Request<()>> for MaybeHung {
+    type Response = bool;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<bool, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<()>) -> Self::Future {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let hung = self.hung;
+        Box::pin(async move {
+            if hung {
+                std::future::pending::<()>().await;
+            }
+            Ok(hung)
+        })
+    }
+}
+
+/// A per-try timeout above the balancer charges the timed-out endpoint a failure, so a hung
+/// instance is ejected even by round robin; a caller that merely drops its call is not held
+/// against the endpoint.
+#[tokio::test(start_paused = true)]
+async fn timeouts_eject_a_hung_endpoint_and_cancellations_do_not() {
+    use seawall::balance::{Balance, RoundRobin};
+    use seawall::breaker::{BreakerConfig, State, Window};
+    use seawall::discover::Change;
+
+    let hung = MaybeHung {
+        hung: true,
+        calls: Default::default(),
+    };
+    let fine = MaybeHung {
+        hung: false,
+        calls: Default::default(),
+    };
+    let (tx, discover) = crate::support::channel();
+    tx.send(Ok(Change::Insert("hung", hung.clone()))).unwrap();
+    tx.send(Ok(Change::Insert("fine", fine.clone()))).unwrap();
+    let balance = Balance::builder(discover)
+        .picker(RoundRobin::new())
+        .endpoint_breaker(
+            BreakerConfig::default()
+                .window(Window::Count { calls: 10 })
+                .minimum_calls(3)
+                .failure_rate(50.0)
+                .open_for(Duration::from_secs(5)),
+        )
+        .build()
+        .unwrap();
+    crate::support::eventually("published", || balance.endpoints().len() == 2).await;
+    let state = |balance: &Balance<&'static str, MaybeHung, RoundRobin>| {
+        balance
+            .endpoints()
+            .iter()
+            .find(|e| *e.key() == "hung")
+            .and_then(|e| e.breaker_state())
+    };
+
+    // Callers that give up on their own (not a seawall timeout) cancel: no failure counted.
+    for _ in 0..6 {
+        let call = balance.clone().oneshot(http::Request::new(()));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), call)
+                .await
+                .map_or(true, |r| r.is_ok())
+        );
+    }
+    assert_eq!(hung.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(state(&balance), Some(State::Closed));
+
+    // Through a per-try timeout, the third timed-out call opens the hung endpoint's breaker.
+    let per_try = PerTryTimeoutLayer::new(Duration::from_millis(100)).layer(balance.clone());
+    let mut timeouts = 0;
+    for _ in 0..20 {
+        match per_try.clone().oneshot(http::Request::new(())).await {
+            Ok(hung) => assert!(!hung),
+            Err(e) => {
+                assert!(e.is::<TryTimeout>(), "{e}");
+                timeouts += 1;
+            }
+        }
+    }
+    assert_eq!(timeouts, 3, "ejected after its third timeout");
+    assert_eq!(hung.calls.load(std::sync::atomic::Ordering::SeqCst), 6);
+    assert_eq!(state(&balance), Some(State::Open));
+    assert_eq!(fine.calls.load(std::sync::atomic::Ordering::SeqCst), 3 + 17);
+}
