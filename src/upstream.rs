@@ -180,6 +180,19 @@ impl<P: Pick> Upstream<P> {
     }
 }
 
+impl<K, B, P: Pick> HttpUpstream<K, B, P> {
+    /// The balancer inside: its endpoints, their in-flight counts and breaker states, for
+    /// admin views and health endpoints.
+    pub fn balance(&self) -> &Balance<K, HttpEndpoint<ReplayBody<B>>, P, HttpStatus> {
+        self.get_ref().get_ref().get_ref()
+    }
+
+    /// How many retries this upstream (all clones together) has issued so far.
+    pub fn retries(&self) -> u64 {
+        self.get_ref().retries()
+    }
+}
+
 impl<P: fmt::Debug> fmt::Debug for Upstream<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upstream")

@@ -2,6 +2,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
@@ -87,6 +88,8 @@ struct Policy {
     config: RetryConfig,
     budget: RetryBudget,
     retries: Counter,
+    /// Retries issued, for [`Retry::retries`]; the counter above goes to the recorder.
+    issued: AtomicU64,
     name: Arc<str>,
     /// Seeds for the backoff jitter of every service (and clone) of the layer.
     seeds: SeedSequence,
@@ -145,6 +148,7 @@ impl RetryLayer {
                     crate::metrics::RETRIES_TOTAL,
                     vec![Label::new("upstream", name.to_string())]
                 ),
+                issued: AtomicU64::new(0),
                 name,
                 config,
                 seeds: SeedSequence::new(seed),
@@ -155,6 +159,11 @@ impl RetryLayer {
     /// The shared retry budget.
     pub fn budget(&self) -> &RetryBudget {
         &self.policy.budget
+    }
+
+    /// How many retries this layer's services have issued so far (all clones together).
+    pub fn retries(&self) -> u64 {
+        self.policy.issued.load(Ordering::Relaxed)
     }
 }
 
@@ -193,6 +202,23 @@ impl<S: Clone> Clone for Retry<S> {
             rng: self.policy.rng(),
             policy: Arc::clone(&self.policy),
         }
+    }
+}
+
+impl<S> Retry<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The shared retry budget.
+    pub fn budget(&self) -> &RetryBudget {
+        &self.policy.budget
+    }
+
+    /// How many retries this service and every clone of its layer have issued so far.
+    pub fn retries(&self) -> u64 {
+        self.policy.issued.load(Ordering::Relaxed)
     }
 }
 
@@ -331,6 +357,7 @@ where
                     match decide(situation, || this.policy.budget.try_withdraw()) {
                         Ok(wait) => {
                             this.policy.retries.increment(1);
+                            this.policy.issued.fetch_add(1, Ordering::Relaxed);
                             *this.attempts += 1;
                             this.state.set(State::Waiting {
                                 sleep: tokio::time::sleep(wait),
