@@ -1,0 +1,612 @@
+//! The gateway: routes `/<service>/<path>` to one live instance of `<service>` through one
+//! `seawall::Upstream` per service (deadline → retry → per-try timeout → balance →
+//! per-endpoint breaker → pooled client), after checking the caller's token with `auth`.
+//!
+//! It also serves `/metrics` (Prometheus text), `/admin/instances` (JSON) and the admin
+//! commands, and in gateway-only mode fronts a fixed set of backends with every path.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Empty, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use metrics::{Counter, Histogram};
+use metrics_exporter_prometheus::PrometheusHandle;
+use seawall::balance::Picker;
+use seawall::breaker::{BreakerConfig, State, Window};
+use seawall::discover::Instance;
+use seawall::http::ReplayBody;
+use seawall::retry::RetryConfig;
+use seawall::{
+    AllEjected, BoxError, CircuitOpen, DeadlineExceeded, HttpUpstream, NoEndpoints, TryTimeout,
+    Upstream,
+};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tower::discover::Change;
+
+use crate::instance::{Behaviour, Cluster};
+
+/// What the gateway sends upstream: the caller's body, capped, or nothing (token checks).
+pub type GatewayBody = Either<Limited<Incoming>, Empty<Bytes>>;
+/// What the gateway answers with: an upstream's body, streamed, or its own.
+pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+type Service = HttpUpstream<String, GatewayBody, Picker>;
+
+/// How the gateway routes.
+#[derive(Debug, Clone)]
+pub enum Routing {
+    /// `/<service>/<path>` → `<path>` on `<service>`; anything else is 404. Every service
+    /// but `auth` needs a token that `auth` accepts.
+    Services,
+    /// Every path, unchanged, to the one upstream (gateway-only mode); no token check.
+    Single,
+}
+
+/// Everything the gateway can be told.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    /// The picker's name (`rr`, `lc`, `p2c`); each upstream gets its own picker.
+    pub picker: String,
+    pub routing: Routing,
+    /// Attempts per request, the first included (nginx `proxy_next_upstream_tries`).
+    pub attempts: u32,
+    /// Most one attempt may take (nginx `proxy_read_timeout`, HAProxy `timeout server`).
+    pub per_try_timeout: Duration,
+    /// Most a connection attempt may take.
+    pub connect_timeout: Duration,
+    /// Most a whole request may take, retries included.
+    pub deadline: Duration,
+    /// The per-endpoint breaker (outlier ejection).
+    pub breaker: BreakerConfig,
+    /// Largest request body accepted; larger gets 413.
+    pub body_cap: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+}
+
+impl GatewayConfig {
+    /// The cluster's defaults: p2c, 3 attempts, 300 ms per try, 2 s per request, ejection
+    /// after 3 failures in the last 5 calls for 5 s, 1 MiB bodies, 5 s to send headers.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            picker: "p2c".to_owned(),
+            routing: Routing::Services,
+            attempts: 3,
+            per_try_timeout: Duration::from_millis(300),
+            connect_timeout: Duration::from_secs(1),
+            deadline: Duration::from_secs(2),
+            breaker: ejection_breaker(),
+            body_cap: 1024 * 1024,
+            header_read_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The per-endpoint breaker of the cluster and of gateway-only mode, matching the policy the
+/// benchmark gives nginx (`max_fails=3 fail_timeout=5s`): an endpoint is ejected for 5 s once
+/// 3 of its last 5 calls failed, then gets one trial call.
+pub fn ejection_breaker() -> BreakerConfig {
+    BreakerConfig::default()
+        .window(Window::Count { calls: 5 })
+        .minimum_calls(3)
+        .failure_rate(60.0)
+        .open_for(Duration::from_secs(5))
+}
+
+/// Per service: the upstream and its request counters.
+struct Route {
+    upstream: Service,
+    stats: RouteStats,
+}
+
+struct RouteStats {
+    by_class: [Counter; 5],
+    duration: Histogram,
+}
+
+impl RouteStats {
+    fn new(service: &str) -> Self {
+        let class = |c: &'static str| metrics::counter!("gateway_requests_total", "service" => service.to_owned(), "class" => c);
+        Self {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: metrics::histogram!(
+                "gateway_request_duration_seconds",
+                "service" => service.to_owned()
+            ),
+        }
+    }
+
+    fn record(&self, status: StatusCode, elapsed: Duration) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.by_class[class].increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+    }
+}
+
+/// The gateway: routes, upstreams, and what the admin endpoints read.
+pub struct Gateway {
+    config: GatewayConfig,
+    routes: HashMap<String, Route>,
+    prometheus: Option<PrometheusHandle>,
+    cluster: Option<Arc<Cluster>>,
+}
+
+/// One HTTP client for every upstream: pooled keep-alive connections, `TCP_NODELAY`, the
+/// connect timeout of the configuration.
+fn client(config: &GatewayConfig) -> Client<HttpConnector, ReplayBody<GatewayBody>> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+impl Gateway {
+    /// A gateway over `services`, each fed by its own discovery stream.
+    pub fn new<D, E>(
+        config: GatewayConfig,
+        services: Vec<(String, D)>,
+        prometheus: Option<PrometheusHandle>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Result<Arc<Self>, BoxError>
+    where
+        D: futures_core::Stream<Item = Result<Change<String, Instance>, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let client = client(&config);
+        config.picker.parse::<Picker>()?;
+        let mut routes = HashMap::new();
+        for (name, discover) in services {
+            let upstream = Upstream::builder(name.clone())
+                .picker(config.picker.parse::<Picker>()?)
+                .endpoint_breaker(config.breaker.clone())
+                .retry(RetryConfig::default().max_attempts(config.attempts))
+                .per_try_timeout(config.per_try_timeout)
+                .deadline(config.deadline)
+                .wait_for_endpoints(Duration::from_secs(1))
+                .build_http(discover, client.clone())?;
+            let stats = RouteStats::new(&name);
+            routes.insert(name, Route { upstream, stats });
+        }
+        Ok(Arc::new(Self {
+            config,
+            routes,
+            prometheus,
+            cluster,
+        }))
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish (at most
+    /// `drain`).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+        drain: Duration,
+    ) {
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, peer)) = accepted else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let gateway = Arc::clone(&self);
+                    let service = service_fn(move |request| {
+                        let gateway = Arc::clone(&gateway);
+                        async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
+                    });
+                    let connection = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(self.config.header_read_timeout)
+                        .serve_connection(TokioIo::new(stream), service);
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            eprintln!("gateway: some requests were still in flight after {drain:?}; closing");
+        }
+    }
+
+    /// The upstream of `service`, if the gateway routes to it.
+    pub fn upstream(&self, service: &str) -> Option<&Service> {
+        self.routes.get(service).map(|route| &route.upstream)
+    }
+
+    /// Total retries issued over every upstream.
+    pub fn retries(&self) -> u64 {
+        self.routes.values().map(|r| r.upstream.retries()).sum()
+    }
+
+    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        let path = request.uri().path();
+        if path == "/metrics" {
+            return self.metrics();
+        }
+        if path == "/admin/instances" || path.starts_with("/admin/") {
+            return self.admin(request).await;
+        }
+        let (service, rest) = match self.config.routing {
+            Routing::Single => match self.routes.keys().next() {
+                Some(name) => (name.clone(), None),
+                None => return error(StatusCode::NOT_FOUND, "no upstream configured"),
+            },
+            Routing::Services => {
+                let trimmed = &path[1.min(path.len())..];
+                let (service, rest) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+                (service.to_owned(), Some(format!("/{rest}")))
+            }
+        };
+        let Some(route) = self.routes.get(&service) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("no service {service:?}; routes are /<service>/<path>"),
+            );
+        };
+        let started = tokio::time::Instant::now();
+        let response = self.forward(route, &service, rest, request, peer).await;
+        route.stats.record(response.status(), started.elapsed());
+        response
+    }
+
+    async fn forward(
+        &self,
+        route: &Route,
+        service: &str,
+        rest: Option<String>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
+        let (mut parts, body) = request.into_parts();
+        if let Some(length) = content_length(&parts.headers) {
+            if length > self.config.body_cap as u64 {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("request body over the {} byte cap", self.config.body_cap),
+                );
+            }
+        }
+        // Nobody but the gateway says who the caller is.
+        parts.headers.remove("x-user");
+        if matches!(self.config.routing, Routing::Services) && service != "auth" {
+            match self.verify(&parts.headers).await {
+                Ok(user) => {
+                    parts.headers.insert("x-user", user);
+                }
+                Err(response) => return response,
+            }
+        }
+        if let Some(rest) = rest {
+            let path_and_query = match parts.uri.query() {
+                Some(query) => format!("{rest}?{query}"),
+                None => rest,
+            };
+            match Uri::builder().path_and_query(path_and_query).build() {
+                Ok(uri) => parts.uri = uri,
+                Err(_) => return error(StatusCode::BAD_REQUEST, "malformed path"),
+            }
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        forwarded_for(&mut parts.headers, peer);
+        let body = Either::Left(Limited::new(body, self.config.body_cap));
+        let request = Request::from_parts(parts, body);
+        match route.upstream.clone().oneshot(request).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, Either::Left(body))
+            }
+            Err(e) => error_response(&e),
+        }
+    }
+
+    /// Asks `auth` whether the caller's token is valid; the user name on success.
+    async fn verify(&self, headers: &HeaderMap) -> Result<HeaderValue, Response<ResponseBody>> {
+        let Some(token) = headers.get(header::AUTHORIZATION) else {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "missing Authorization: Bearer <token>; get one with POST /auth/login",
+            ));
+        };
+        let Some(auth) = self.routes.get("auth") else {
+            return Err(error(StatusCode::SERVICE_UNAVAILABLE, "no auth service"));
+        };
+        let mut request = Request::new(Either::Right(Empty::new()));
+        *request.uri_mut() = Uri::from_static("/verify");
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, token.clone());
+        let response = match auth.upstream.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(e) => return Err(error_response(&e)),
+        };
+        let status = response.status();
+        let body = Limited::new(response.into_body(), 4096).collect().await;
+        match (status, body) {
+            (StatusCode::OK, Ok(body)) => {
+                #[derive(serde::Deserialize)]
+                struct Verified {
+                    user: String,
+                }
+                serde_json::from_slice::<Verified>(&body.to_bytes())
+                    .ok()
+                    .and_then(|v| HeaderValue::from_str(&v.user).ok())
+                    .ok_or_else(|| error(StatusCode::BAD_GATEWAY, "auth answered nonsense"))
+            }
+            (StatusCode::UNAUTHORIZED, _) => Err(error(StatusCode::UNAUTHORIZED, "invalid token")),
+            _ => Err(error(
+                StatusCode::BAD_GATEWAY,
+                "auth could not check the token",
+            )),
+        }
+    }
+
+    fn metrics(&self) -> Response<ResponseBody> {
+        match &self.prometheus {
+            Some(handle) => {
+                let mut response =
+                    Response::new(Either::Right(Full::new(Bytes::from(handle.render()))));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                response
+            }
+            None => error(StatusCode::NOT_FOUND, "metrics are not enabled"),
+        }
+    }
+
+    /// The admin view of every instance, merged from the balancers and the instances.
+    pub fn instances(&self) -> Vec<InstanceView> {
+        let mut views = Vec::new();
+        let mut names: Vec<&String> = self.routes.keys().collect();
+        names.sort();
+        for name in names {
+            let balance = self.routes[name].upstream.balance();
+            for endpoint in balance.endpoints().iter() {
+                let id = endpoint.key().clone();
+                let node = self
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.node(&id))
+                    .map(|node| node.view());
+                views.push(InstanceView {
+                    service: name.clone(),
+                    address: endpoint.service().addr().to_string(),
+                    state: match endpoint.breaker_state() {
+                        None | Some(State::Closed) => "healthy",
+                        Some(State::Open) => "ejected",
+                        Some(State::HalfOpen) => "half-open",
+                    },
+                    in_flight: endpoint.in_flight(),
+                    served: node.as_ref().map(|n| n.served),
+                    failed: node.as_ref().map(|n| n.failed),
+                    behaviour: node.map(|n| n.behaviour),
+                    id,
+                });
+            }
+        }
+        // Instances that are down are no longer in any balancer; show them too.
+        if let Some(cluster) = &self.cluster {
+            for node in &cluster.nodes {
+                if !views.iter().any(|v| v.id == node.id) {
+                    let view = node.view();
+                    views.push(InstanceView {
+                        service: view.service.to_owned(),
+                        id: view.id,
+                        address: view.addr.unwrap_or_else(|| "-".into()),
+                        state: if view.up { "registering" } else { "down" },
+                        in_flight: 0,
+                        served: Some(view.served),
+                        failed: Some(view.failed),
+                        behaviour: Some(view.behaviour),
+                    });
+                }
+            }
+        }
+        views
+    }
+
+    async fn admin(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or("").to_owned();
+        if path == "/admin/instances" && request.method() == Method::GET {
+            return json(StatusCode::OK, &self.instances());
+        }
+        // POST /admin/instances/<id>/<kill|restart|slow|fail|hang|heal>
+        let mut segments = path.trim_start_matches("/admin/instances/").split('/');
+        let (Some(id), Some(command), None) = (segments.next(), segments.next(), segments.next())
+        else {
+            return error(StatusCode::NOT_FOUND, ADMIN_HELP);
+        };
+        if request.method() != Method::POST {
+            return error(StatusCode::METHOD_NOT_ALLOWED, ADMIN_HELP);
+        }
+        let Some(node) = self.cluster.as_ref().and_then(|c| c.node(id)) else {
+            return error(StatusCode::NOT_FOUND, &format!("no instance {id:?}"));
+        };
+        let number = |key: &str| {
+            query
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, v)| v.parse::<f64>().ok())
+        };
+        let done = match command {
+            "kill" => {
+                node.kill();
+                "killed: listener and connections closed, heartbeats stopped".to_owned()
+            }
+            "restart" => match node.restart().await {
+                Ok(addr) => format!("restarted on {addr} and registered again"),
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            },
+            "slow" => {
+                let ms = number("ms").unwrap_or(200.0).clamp(0.0, 60_000.0) as u64;
+                node.set_behaviour(Behaviour::Slow { ms });
+                format!("answers after {ms} ms")
+            }
+            "fail" => {
+                let rate = number("rate").unwrap_or(0.5).clamp(0.0, 1.0);
+                node.set_behaviour(Behaviour::Fail { rate });
+                format!("answers 503 to {:.0} % of requests", rate * 100.0)
+            }
+            "hang" => {
+                node.set_behaviour(Behaviour::Hang);
+                "accepts requests and never answers".to_owned()
+            }
+            "heal" => {
+                node.set_behaviour(Behaviour::Normal);
+                "answers normally".to_owned()
+            }
+            _ => return error(StatusCode::NOT_FOUND, ADMIN_HELP),
+        };
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "instance": id, "now": done }),
+        )
+    }
+}
+
+const ADMIN_HELP: &str = "admin: GET /admin/instances; POST /admin/instances/<id>/kill, \
+    /restart, /slow?ms=N, /fail?rate=R, /hang, /heal";
+
+/// One row of the admin view.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    pub service: String,
+    pub id: String,
+    pub address: String,
+    /// healthy, ejected, half-open, registering (up, not yet discovered) or down.
+    pub state: &'static str,
+    pub in_flight: usize,
+    pub served: Option<u64>,
+    pub failed: Option<u64>,
+    pub behaviour: Option<Behaviour>,
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Removes the headers that describe one hop (RFC 9110 §7.6.1), including any the
+/// `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// Appends the caller's address to `X-Forwarded-For`; a value that is not visible ASCII is
+/// replaced rather than extended.
+fn forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let value = match headers.get("x-forwarded-for").map(HeaderValue::to_str) {
+        Some(Ok(existing)) if !existing.is_empty() => format!("{existing}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", value);
+    }
+}
+
+/// Maps a failed upstream call to what the caller should see.
+pub fn error_response(e: &BoxError) -> Response<ResponseBody> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(error) = cause {
+        if error.is::<LengthLimitError>() {
+            return self::error(StatusCode::PAYLOAD_TOO_LARGE, "request body over the cap");
+        }
+        if let Some(open) = error.downcast_ref::<CircuitOpen>() {
+            let mut response = self::error(StatusCode::SERVICE_UNAVAILABLE, &open.to_string());
+            let secs = open.retry_after().map_or(1, |d| d.as_secs().max(1));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.into());
+            return response;
+        }
+        if error.is::<NoEndpoints>() || error.is::<AllEjected>() {
+            let mut response = self::error(StatusCode::SERVICE_UNAVAILABLE, &error.to_string());
+            response.headers_mut().insert(header::RETRY_AFTER, 1.into());
+            return response;
+        }
+        if error.is::<DeadlineExceeded>() || error.is::<TryTimeout>() {
+            return self::error(StatusCode::GATEWAY_TIMEOUT, &error.to_string());
+        }
+        cause = error.source();
+    }
+    self::error(StatusCode::BAD_GATEWAY, &e.to_string())
+}
+
+pub fn error(status: StatusCode, message: &str) -> Response<ResponseBody> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,373 @@
+//! The example cluster: a gateway with discovery, breakers and retries in front of live,
+//! failing instances. Nothing to install; everything listens on 127.0.0.1.
+//!
+//! ```sh
+//! cargo run --example cluster                      # run it; Ctrl-C stops it gracefully
+//! cargo run --example cluster -- --demo            # 45 s of load and chaos, then a verdict
+//! cargo run --example cluster -- --help            # every flag
+//! ```
+//!
+//! Three services (`auth`, `users`, `documents`), three instances each on ephemeral ports,
+//! register in an in-process registry and send heartbeats; the gateway on 127.0.0.1:8080
+//! routes `/<service>/<path>` through one `seawall::Upstream` per service and checks the
+//! caller's token with `auth` first.
+
+// The modules are shared with the integration tests and the gateway benchmark, which each
+// use a different part of them.
+#[allow(dead_code, unreachable_pub)]
+mod demo;
+#[allow(dead_code, unreachable_pub)]
+mod gateway;
+#[allow(dead_code, unreachable_pub)]
+mod instance;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use seawall::BoxError;
+use seawall::balance::Picker;
+use seawall::discover::{Instance, Polling, Registry};
+use tokio::net::TcpListener;
+
+use crate::gateway::{Gateway, GatewayConfig, Routing};
+use crate::instance::Cluster;
+
+const HELP: &str = "\
+seawall example cluster
+
+USAGE
+  cargo run --example cluster [-- OPTIONS]
+
+MODES
+  (default)              registry + auth/users/documents x3 + gateway; Ctrl-C stops
+  --demo                 the same, plus load and a chaos script, a live table and a verdict
+                         (exit 0 only if >= 99.9 % of idempotent requests succeeded)
+  --gateway-only         just the gateway, in front of --backends or --discovery-file
+                         (every path goes to that one upstream; no token check)
+
+OPTIONS
+  --listen ADDR          gateway address [127.0.0.1:8080]
+  --picker NAME          rr | lc | p2c [p2c]
+  --instances N          instances per service [3]
+  --duration D           demo length [45s]
+  --clients N            demo concurrent clients [16]
+  --backends A,B,...     gateway-only: backend addresses [$BACKENDS]
+  --discovery-file PATH  gateway-only: one address a line, re-read every second [$DISCOVERY_FILE]
+  --attempts N           tries per request, the first included [3]
+  --per-try-timeout D    [300ms; gateway-only: $UPSTREAM_RESPONSE_TIMEOUT_S or 5s]
+  --connect-timeout D    [1s; gateway-only: $UPSTREAM_CONNECT_TIMEOUT_S or 1s]
+  --deadline D           whole request, retries included [2s; gateway-only: attempts x per-try]
+  --body-cap BYTES       largest request body, else 413 [1048576]
+  --header-read-timeout D  time a client has to send its headers [5s]
+  --workers N            runtime worker threads [number of CPUs]
+
+Durations: 250ms, 5s, 1.5s, or a bare number of seconds.";
+
+/// Parsed command line.
+#[derive(Debug)]
+struct Args {
+    demo: bool,
+    gateway_only: bool,
+    duration: Duration,
+    clients: usize,
+    instances: usize,
+    backends: Option<String>,
+    discovery_file: Option<String>,
+    workers: Option<usize>,
+    config: GatewayConfig,
+    deadline_set: bool,
+}
+
+fn duration(value: &str) -> Result<Duration, String> {
+    let parsed = if let Some(ms) = value.strip_suffix("ms") {
+        ms.parse::<f64>().map(|ms| ms / 1000.0)
+    } else {
+        value.strip_suffix('s').unwrap_or(value).parse::<f64>()
+    };
+    match parsed {
+        Ok(secs) if (0.0..1e9).contains(&secs) => {
+            Ok(Duration::from_secs_f64(secs))
+        }
+        _ => Err(format!(
+            "{value:?} is not a duration (try 250ms, 5s or 1.5)"
+        )),
+    }
+}
+
+fn env_secs(name: &str) -> Option<Duration> {
+    std::env::var(name).ok().and_then(|v| duration(&v).ok())
+}
+
+fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut args = Args {
+        demo: false,
+        gateway_only: false,
+        duration: Duration::from_secs(45),
+        clients: 16,
+        instances: 3,
+        backends: None,
+        discovery_file: None,
+        workers: None,
+        config: GatewayConfig::new(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        deadline_set: false,
+    };
+    let mut per_try_set = false;
+    let mut connect_set = false;
+    while let Some(flag) = argv.next() {
+        let mut value = || argv.next().ok_or_else(|| format!("{flag} needs a value"));
+        let number = |v: String| {
+            v.parse::<usize>()
+                .map_err(|_| format!("{flag}: {v:?} is not a number"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Err(String::new()),
+            "--demo" => args.demo = true,
+            "--gateway-only" => args.gateway_only = true,
+            "--listen" => {
+                let v = value()?;
+                args.config.listen = v
+                    .parse()
+                    .map_err(|_| format!("--listen: {v:?} is not an address"))?;
+            }
+            "--picker" => {
+                let v = value()?;
+                v.parse::<Picker>().map_err(|e| format!("--picker: {e}"))?;
+                args.config.picker = v;
+            }
+            "--instances" => args.instances = number(value()?)?.clamp(1, 20),
+            "--duration" => args.duration = duration(&value()?)?,
+            "--clients" => args.clients = number(value()?)?.clamp(1, 1024),
+            "--backends" => args.backends = Some(value()?),
+            "--discovery-file" => args.discovery_file = Some(value()?),
+            "--attempts" => args.config.attempts = number(value()?)?.clamp(1, 10) as u32,
+            "--per-try-timeout" => {
+                args.config.per_try_timeout = duration(&value()?)?;
+                per_try_set = true;
+            }
+            "--connect-timeout" => {
+                args.config.connect_timeout = duration(&value()?)?;
+                connect_set = true;
+            }
+            "--deadline" => {
+                args.config.deadline = duration(&value()?)?;
+                args.deadline_set = true;
+            }
+            "--body-cap" => args.config.body_cap = number(value()?)?,
+            "--header-read-timeout" => args.config.header_read_timeout = duration(&value()?)?,
+            "--workers" => args.workers = Some(number(value()?)?.clamp(1, 256)),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if args.gateway_only {
+        args.config.routing = Routing::Single;
+        args.backends = args.backends.or_else(|| std::env::var("BACKENDS").ok());
+        args.discovery_file = args
+            .discovery_file
+            .or_else(|| std::env::var("DISCOVERY_FILE").ok());
+        if args.backends.is_none() && args.discovery_file.is_none() {
+            return Err("--gateway-only needs --backends or --discovery-file".into());
+        }
+        if !per_try_set {
+            args.config.per_try_timeout =
+                env_secs("UPSTREAM_RESPONSE_TIMEOUT_S").unwrap_or(Duration::from_secs(5));
+        }
+        if !connect_set {
+            args.config.connect_timeout =
+                env_secs("UPSTREAM_CONNECT_TIMEOUT_S").unwrap_or(Duration::from_secs(1));
+        }
+        if !args.deadline_set {
+            args.config.deadline = args.config.per_try_timeout * args.config.attempts;
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(message) if message.is_empty() => {
+            println!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("error: {message}\n\n{HELP}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(workers);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<ExitCode, BoxError> {
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ])?
+        .install_recorder()?;
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let listener = TcpListener::bind(args.config.listen).await.map_err(|e| {
+        format!(
+            "cannot listen on {}: {e} (change it with --listen)",
+            args.config.listen
+        )
+    })?;
+    let addr = listener.local_addr()?;
+
+    if args.gateway_only {
+        let gateway = gateway_only(&args, prometheus)?;
+        println!(
+            "seawall gateway on http://{addr} ({:?}, {} attempts, per try {:?}, connect {:?})",
+            args.config.picker,
+            args.config.attempts,
+            args.config.per_try_timeout,
+            args.config.connect_timeout
+        );
+        gateway
+            .serve(listener, ctrl_c(), Duration::from_secs(10))
+            .await;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let registry = Registry::new();
+    let cluster = Arc::new(Cluster::start(registry.clone(), args.instances).await?);
+    let services = Cluster::SERVICES
+        .iter()
+        .map(|s| (s.to_string(), registry.watch(s)))
+        .collect();
+    let gateway = Gateway::new(
+        args.config.clone(),
+        services,
+        Some(prometheus),
+        Some(Arc::clone(&cluster)),
+    )?;
+    for node in &cluster.nodes {
+        if let Some(node_addr) = node.addr() {
+            println!("  {:<12} {node_addr}", node.id);
+        }
+    }
+    println!(
+        "seawall gateway on http://{addr} (picker {:?})",
+        args.config.picker
+    );
+
+    if args.demo {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(Arc::clone(&gateway).serve(
+            listener,
+            async move {
+                let _ = stop_rx.await;
+            },
+            Duration::from_secs(5),
+        ));
+        let passed = demo::run(
+            addr,
+            Arc::clone(&gateway),
+            Arc::clone(&cluster),
+            args.duration,
+            args.clients,
+        )
+        .await?;
+        let _ = stop_tx.send(());
+        let _ = server.await;
+        cluster.stop();
+        return Ok(if passed {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+
+    println!(
+        "\ntry it:\n\
+         \x20 TOKEN=$(curl -s -X POST http://{addr}/auth/login -d '{{\"username\":\"alice\",\"password\":\"wonderland\"}}' | sed 's/.*\"token\":\"\\([0-9a-f]*\\)\".*/\\1/')\n\
+         \x20 curl -H \"Authorization: Bearer $TOKEN\" http://{addr}/users/42\n\
+         \x20 curl http://{addr}/admin/instances\n\
+         \x20 curl -X POST http://{addr}/admin/instances/users-2/kill   # also restart, slow?ms=500, fail?rate=0.5, hang, heal\n\
+         \x20 curl http://{addr}/metrics\n\
+         Ctrl-C stops (in-flight requests finish first)."
+    );
+    gateway
+        .serve(listener, ctrl_c(), Duration::from_secs(10))
+        .await;
+    cluster.stop();
+    println!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        // No signal handler: run until killed.
+        std::future::pending::<()>().await;
+    }
+    println!("\nshutting down: no new connections, letting in-flight requests finish");
+}
+
+/// Gateway-only mode: one upstream over the given backends, re-reading the discovery file
+/// every second if there is one.
+fn gateway_only(
+    args: &Args,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<Arc<Gateway>, BoxError> {
+    let file = args.discovery_file.clone();
+    let fixed = args.backends.clone().unwrap_or_default();
+    let discover = Polling::new("backends", Duration::from_secs(1), move || {
+        let file = file.clone();
+        let fixed = fixed.clone();
+        async move {
+            let text = match file {
+                Some(path) => tokio::fs::read_to_string(&path)
+                    .await
+                    .map_err(|e| format!("cannot read {path}: {e}"))?,
+                None => fixed.replace(',', "\n"),
+            };
+            parse_backends(&text)
+        }
+    });
+    Gateway::new(
+        args.config.clone(),
+        vec![("backend".to_owned(), discover)],
+        Some(prometheus),
+        None,
+    )
+}
+
+/// One `host:port` a line (or comma-separated); blank lines and `#` comments are skipped.
+fn parse_backends(text: &str) -> Result<Vec<(String, Instance)>, BoxError> {
+    let mut backends = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let addr: SocketAddr = line
+            .parse()
+            .map_err(|_| format!("{line:?} is not an address like 127.0.0.1:8081"))?;
+        backends.push((line.to_owned(), Instance::new(line, addr)));
+    }
+    Ok(backends)
+}
