@@ -19,7 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use seawall::BoxError;
 use tokio::time::Instant;
 
-use crate::gateway::Gateway;
+use crate::gateway::Fleet;
 use crate::instance::{Behaviour, Cluster};
 
 /// The share of idempotent requests that must succeed for the demo to pass.
@@ -210,7 +210,7 @@ const RESTART: [&str; 2] = ["users-1", "users-3"];
 /// Runs the demo; true if at least [`REQUIRED_SUCCESS`] of idempotent requests succeeded.
 pub async fn run(
     addr: SocketAddr,
-    gateway: Arc<Gateway>,
+    gateway: &Fleet,
     cluster: Arc<Cluster>,
     duration: Duration,
     clients: usize,

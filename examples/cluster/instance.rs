@@ -40,7 +40,7 @@ const MAX_BODY: usize = 64 * 1024;
 pub enum Behaviour {
     /// Answers normally.
     Normal,
-    /// Answers every request after `ms` milliseconds.
+    /// Does the work, then answers `ms` milliseconds late.
     Slow { ms: u64 },
     /// Answers 503 to `rate` (0 to 1) of its requests.
     Fail { rate: f64 },
@@ -83,6 +83,8 @@ pub struct Node {
     pub stats: Arc<NodeStats>,
     tokens: Tokens,
     registry: Registry,
+    /// The runtime the instances run on, whichever runtime asks for a restart.
+    runtime: tokio::runtime::Handle,
 }
 
 struct NodeState {
@@ -150,6 +152,7 @@ impl Node {
             stats: Arc::new(NodeStats::default()),
             tokens: tokens.clone(),
             registry: registry.clone(),
+            runtime: tokio::runtime::Handle::current(),
         });
         node.restart().await?;
         Ok(node)
@@ -205,8 +208,15 @@ impl Node {
     }
 
     /// (Re)starts the instance on a new ephemeral port, registers it again and resets its
-    /// behaviour to normal.
-    pub async fn restart(&self) -> Result<SocketAddr, BoxError> {
+    /// behaviour to normal. Callable from any runtime: the instance runs on the cluster's.
+    pub async fn restart(self: &Arc<Self>) -> Result<SocketAddr, BoxError> {
+        let node = Arc::clone(self);
+        self.runtime
+            .spawn(async move { node.restart_here().await })
+            .await?
+    }
+
+    async fn restart_here(&self) -> Result<SocketAddr, BoxError> {
         self.kill();
         self.stats.set_behaviour(Behaviour::Normal);
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -305,9 +315,9 @@ struct NewRecord {
 
 impl Handler {
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        match self.stats.behaviour() {
-            Behaviour::Normal => {}
-            Behaviour::Slow { ms } => tokio::time::sleep(Duration::from_millis(ms)).await,
+        let behaviour = self.stats.behaviour();
+        match behaviour {
+            Behaviour::Normal | Behaviour::Slow { .. } => {}
             Behaviour::Hang => std::future::pending::<()>().await,
             Behaviour::Fail { rate } => {
                 if rand::random::<f64>() < rate {
@@ -323,6 +333,11 @@ impl Handler {
             "auth" => self.auth(request).await,
             _ => self.records(request).await,
         };
+        // A slow instance does the work, then answers late: a caller that gives up on it
+        // must not assume the work was not done.
+        if let Behaviour::Slow { ms } = behaviour {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         if response.status().is_success() {
             self.stats.served.fetch_add(1, Ordering::Relaxed);
         }
