@@ -685,7 +685,22 @@ pub fn error_response(e: &BoxError) -> Response<ResponseBody> {
         }
         cause = error.source();
     }
-    self::error(StatusCode::BAD_GATEWAY, &e.to_string())
+    self::error(StatusCode::BAD_GATEWAY, &chain(e.as_ref()))
+}
+
+/// An error and its causes, `: `-separated.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(error) = cause {
+        let next = error.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = error.source();
+    }
+    text
 }
 
 pub fn error(status: StatusCode, message: &str) -> Response<ResponseBody> {

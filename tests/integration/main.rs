@@ -11,6 +11,8 @@ mod alloc;
 mod balance;
 mod breaker;
 mod churn;
+#[cfg(feature = "http")]
+mod cluster;
 mod ejection;
 mod health;
 #[cfg(feature = "http")]
@@ -26,6 +28,17 @@ mod support;
 mod timeout;
 #[cfg(feature = "http")]
 mod upstream;
+
+// The example cluster's gateway and instances, tested in `cluster`; each uses only part of
+// them.
+#[cfg(feature = "http")]
+#[path = "../../examples/cluster/gateway.rs"]
+#[allow(dead_code)]
+mod gateway;
+#[cfg(feature = "http")]
+#[path = "../../examples/cluster/instance.rs"]
+#[allow(dead_code)]
+mod instance;
 
 #[global_allocator]
 static ALLOCATOR: support::CountingAllocator = support::CountingAllocator;
