@@ -45,6 +45,11 @@ pub const NO_ENDPOINTS_TOTAL: &str = "seawall_no_endpoints_total";
 pub const RETRIES_TOTAL: &str = "seawall_retries_total";
 /// `seawall_retries_skipped_total`: retryable outcomes not retried, by reason.
 pub const RETRIES_SKIPPED_TOTAL: &str = "seawall_retries_skipped_total";
+/// `seawall_hedges_total`: hedged attempts sent (see
+/// [`RetryConfig::hedge_after`](crate::retry::RetryConfig::hedge_after)); they are also
+/// attempts, limited by the same budget as retries.
+#[cfg(feature = "http")]
+pub const HEDGES_TOTAL: &str = "seawall_hedges_total";
 /// `seawall_all_ejected_total`: calls rejected because every endpoint was ejected.
 pub const ALL_EJECTED_TOTAL: &str = "seawall_all_ejected_total";
 /// `seawall_discovery_changes_total`: discovery changes applied, by kind.

@@ -191,6 +191,11 @@ impl<K, B, P: Pick> HttpUpstream<K, B, P> {
     pub fn retries(&self) -> u64 {
         self.get_ref().retries()
     }
+
+    /// How many hedges this upstream (all clones together) has sent so far.
+    pub fn hedges(&self) -> u64 {
+        self.get_ref().hedges()
+    }
 }
 
 impl<P: fmt::Debug> fmt::Debug for Upstream<P> {

@@ -301,7 +301,7 @@ pub async fn run(
             out.push_str("\x1b[2J\x1b[H");
         }
         out.push_str(&format!(
-            "t={:>4.0}s  {:>6} req/s  p99 {:>7.1} ms  retries +{:<5}  GET success {:>8.4} %  all {:>8.4} %\n",
+            "t={:>4.0}s  {:>6} req/s  p99 {:>7.1} ms  retries+hedges +{:<5}  GET success {:>8.4} %  all {:>8.4} %\n",
             t.as_secs_f64(),
             count,
             p99.as_secs_f64() * 1e3,

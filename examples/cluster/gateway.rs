@@ -71,6 +71,8 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     /// Most a whole request may take, retries included.
     pub deadline: Duration,
+    /// Hedge an idempotent request that has not answered after this long (`None`: never).
+    pub hedge_after: Option<Duration>,
     /// The per-endpoint breaker (outlier ejection).
     pub breaker: BreakerConfig,
     /// Largest request body accepted; larger gets 413.
@@ -80,8 +82,9 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// The cluster's defaults: p2c, 3 attempts, 300 ms per try, 2 s per request, ejection
-    /// after 3 failures in the last 5 calls for 5 s, 1 MiB bodies, 5 s to send headers.
+    /// The cluster's defaults: p2c, 3 attempts, 300 ms per try, 2 s per request, a hedge
+    /// after 200 ms, ejection after 3 failures in the last 5 calls for 5 s, 1 MiB bodies, 5 s
+    /// to send headers.
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
@@ -91,6 +94,7 @@ impl GatewayConfig {
             per_try_timeout: Duration::from_millis(300),
             connect_timeout: Duration::from_secs(1),
             deadline: Duration::from_secs(2),
+            hedge_after: Some(Duration::from_millis(200)),
             breaker: ejection_breaker(),
             body_cap: 1024 * 1024,
             header_read_timeout: Duration::from_secs(5),
@@ -190,7 +194,12 @@ impl Gateway {
             let upstream = Upstream::builder(name.clone())
                 .picker(config.picker.parse::<Picker>()?)
                 .endpoint_breaker(config.breaker.clone())
-                .retry(RetryConfig::default().max_attempts(config.attempts))
+                .retry(match config.hedge_after {
+                    Some(delay) => RetryConfig::default()
+                        .max_attempts(config.attempts)
+                        .hedge_after(delay),
+                    None => RetryConfig::default().max_attempts(config.attempts),
+                })
                 .per_try_timeout(config.per_try_timeout)
                 .deadline(config.deadline)
                 .wait_for_endpoints(Duration::from_secs(1))
@@ -261,9 +270,12 @@ impl Gateway {
         self.routes.get(service).map(|route| &route.upstream)
     }
 
-    /// Total retries issued over every upstream.
+    /// Total retries and hedges issued over every upstream.
     pub fn retries(&self) -> u64 {
-        self.routes.values().map(|r| r.upstream.retries()).sum()
+        self.routes
+            .values()
+            .map(|r| r.upstream.retries() + r.upstream.hedges())
+            .sum()
     }
 
     async fn handle(&self, request: Request<Incoming>, peer: &Peer) -> Response<ResponseBody> {

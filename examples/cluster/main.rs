@@ -63,6 +63,8 @@ OPTIONS
   --per-try-timeout D    [300ms; gateway-only: $UPSTREAM_RESPONSE_TIMEOUT_S or 5s]
   --connect-timeout D    [1s; gateway-only: $UPSTREAM_CONNECT_TIMEOUT_S or 1s]
   --deadline D           whole request, retries included [2s; gateway-only: attempts x per-try]
+  --hedge-after D        send an idempotent request that has not answered to a second
+                         instance after D, first answer wins; 0 turns hedging off [200ms]
   --body-cap BYTES       largest request body, else 413 [1048576]
   --header-read-timeout D  time a client has to send its headers [5s]
   --workers N            gateway threads, one runtime each [CPUs this process may use]
@@ -155,6 +157,10 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--deadline" => {
                 args.config.deadline = duration(&value()?)?;
                 args.deadline_set = true;
+            }
+            "--hedge-after" => {
+                let delay = duration(&value()?)?;
+                args.config.hedge_after = (!delay.is_zero()).then_some(delay);
             }
             "--body-cap" => args.config.body_cap = number(value()?)?,
             "--header-read-timeout" => args.config.header_read_timeout = duration(&value()?)?,

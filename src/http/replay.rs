@@ -118,6 +118,13 @@ impl<B> ReplayBody<B> {
     pub fn is_replayable(&self) -> bool {
         self.lock().is_none_or(|shared| !shared.over_cap)
     }
+
+    /// True when the whole body is known and kept (or there is none): a copy can be sent now,
+    /// beside an attempt still in flight, as a hedge is.
+    pub fn is_complete(&self) -> bool {
+        self.lock()
+            .is_none_or(|shared| shared.ended && !shared.over_cap && shared.source.is_none())
+    }
 }
 
 impl<B> Clone for ReplayBody<B> {

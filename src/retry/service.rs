@@ -37,6 +37,7 @@ pub struct RetryConfig {
     pub(crate) budget: BudgetConfig,
     pub(crate) replay_cap: usize,
     pub(crate) max_server_wait: Duration,
+    pub(crate) hedge_after: Option<Duration>,
 }
 
 impl Default for RetryConfig {
@@ -47,6 +48,7 @@ impl Default for RetryConfig {
             budget: BudgetConfig::default(),
             replay_cap: crate::http::DEFAULT_REPLAY_CAP,
             max_server_wait: Duration::from_secs(10),
+            hedge_after: None,
         }
     }
 }
@@ -82,6 +84,34 @@ impl RetryConfig {
         self.max_server_wait = wait;
         self
     }
+
+    /// Hedges idempotent calls: when an attempt has not answered after `delay`, a second
+    /// attempt goes to another endpoint without cancelling the first, and the first final
+    /// answer wins. Default is off.
+    ///
+    /// A hedge is an attempt like a retry: it counts against
+    /// [`max_attempts`](Self::max_attempts) and the retry budget (so hedging adds at most the
+    /// budget's share of load), is sent only for idempotent requests whose body is complete
+    /// and kept, and only with time left before the deadline. At most two attempts are in
+    /// flight at once. When the hedge wins, the attempt it overtook is dropped as expired:
+    /// its endpoint is charged a failure, so an endpoint that stalls is ejected even by round
+    /// robin; when the original wins, the hedge is merely cancelled.
+    ///
+    /// This is the gRPC hedging policy (A6) with one hedge in flight at a time, or Envoy's
+    /// `hedge_on_per_try_timeout` with the hedge delay shorter than the per-try timeout. Pick
+    /// a delay well above the upstream's normal p99, so hedges answer stalls, not the tail.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use seawall::retry::RetryConfig;
+    ///
+    /// let config = RetryConfig::default().hedge_after(Duration::from_millis(200));
+    /// # let _ = config;
+    /// ```
+    pub fn hedge_after(mut self, delay: Duration) -> Self {
+        self.hedge_after = Some(delay);
+        self
+    }
 }
 
 struct Policy {
@@ -90,6 +120,8 @@ struct Policy {
     retries: Counter,
     /// Retries issued, for [`Retry::retries`]; the counter above goes to the recorder.
     issued: AtomicU64,
+    hedges: Counter,
+    hedged: AtomicU64,
     name: Arc<str>,
     /// Seeds for the backoff jitter of every service (and clone) of the layer.
     seeds: SeedSequence,
@@ -149,6 +181,11 @@ impl RetryLayer {
                     vec![Label::new("upstream", name.to_string())]
                 ),
                 issued: AtomicU64::new(0),
+                hedges: metrics::counter!(
+                    crate::metrics::HEDGES_TOTAL,
+                    vec![Label::new("upstream", name.to_string())]
+                ),
+                hedged: AtomicU64::new(0),
                 name,
                 config,
                 seeds: SeedSequence::new(seed),
@@ -164,6 +201,11 @@ impl RetryLayer {
     /// How many retries this layer's services have issued so far (all clones together).
     pub fn retries(&self) -> u64 {
         self.policy.issued.load(Ordering::Relaxed)
+    }
+
+    /// How many hedges this layer's services have sent so far (all clones together).
+    pub fn hedges(&self) -> u64 {
+        self.policy.hedged.load(Ordering::Relaxed)
     }
 }
 
@@ -220,6 +262,12 @@ impl<S> Retry<S> {
     pub fn retries(&self) -> u64 {
         self.policy.issued.load(Ordering::Relaxed)
     }
+
+    /// How many hedges (see [`RetryConfig::hedge_after`]) this service and every clone of
+    /// its layer have sent so far.
+    pub fn hedges(&self) -> u64 {
+        self.policy.hedged.load(Ordering::Relaxed)
+    }
 }
 
 impl<S> fmt::Debug for Retry<S> {
@@ -268,7 +316,11 @@ where
         let mut ready = std::mem::replace(&mut self.inner, clone);
         let future = attempt::with_avoided(&mut tried, || ready.call(request));
         RetryFuture {
-            state: State::Calling { future },
+            state: State::Calling,
+            first: Some(future),
+            second: None,
+            hedge: None,
+            hedge_spent: false,
             service: ready,
             template,
             tried,
@@ -281,11 +333,9 @@ where
 }
 
 #[pin_project(project = StateProj)]
-enum State<F> {
-    Calling {
-        #[pin]
-        future: F,
-    },
+enum State {
+    /// One or two attempts are in flight, in `first` and `second`.
+    Calling,
     Waiting {
         #[pin]
         sleep: Sleep,
@@ -299,13 +349,24 @@ enum State<F> {
 ///
 /// Dropping it drops the attempt under way (or the wait); the budget withdrawal of a retry
 /// already decided is not refunded.
-#[pin_project]
+#[pin_project(project = RetryProj)]
 pub struct RetryFuture<S, B>
 where
     S: Service<Request<ReplayBody<B>>>,
 {
     #[pin]
-    state: State<S::Future>,
+    state: State,
+    /// The attempt in flight; the older one when a hedge runs beside it.
+    #[pin]
+    first: Option<S::Future>,
+    /// A hedge in flight beside `first`.
+    #[pin]
+    second: Option<S::Future>,
+    /// When to hedge the attempt in `first`; created on its first pending poll.
+    #[pin]
+    hedge: Option<Sleep>,
+    /// The current attempt was hedged already (or could not be).
+    hedge_spent: bool,
     service: S,
     template: Request<ReplayBody<B>>,
     tried: Vec<usize>,
@@ -327,8 +388,17 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Calling { future } => {
-                    let result = ready!(future.poll(cx)).map_err(Into::into);
+                StateProj::Calling => {
+                    let result = match poll_attempts(&mut this, cx) {
+                        Poll::Ready(result) => result,
+                        Poll::Pending => {
+                            if hedge_due(&mut this, cx) {
+                                send_hedge(&mut this);
+                                continue;
+                            }
+                            return Poll::Pending;
+                        }
+                    };
                     let (class, hint) = classify(&result);
                     if class == RetryClass::Final {
                         // The common case: nothing to decide, nothing to measure.
@@ -392,11 +462,109 @@ where
                     let request = this.template.clone();
                     let service = &mut *this.service;
                     let future = attempt::with_avoided(this.tried, || service.call(request));
-                    this.state.set(State::Calling { future });
+                    this.first.set(Some(future));
+                    this.hedge.set(None);
+                    *this.hedge_spent = false;
+                    this.state.set(State::Calling);
                 }
             }
         }
     }
+}
+
+type Projected<'a, S, B> = RetryProj<'a, S, B>;
+
+/// Polls the attempts in flight; the first to finish, once none is left or its answer is
+/// final. When a hedge wins, the attempt it overtook is dropped as expired (its endpoint is
+/// charged); when the original wins, the hedge is only cancelled.
+fn poll_attempts<S, B, RB>(
+    this: &mut Projected<'_, S, B>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<RB>, BoxError>>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+{
+    if let Some(first) = this.first.as_mut().as_pin_mut() {
+        if let Poll::Ready(result) = first.poll(cx) {
+            this.first.set(None);
+            let result = result.map_err(Into::into);
+            if classify(&result).0 == RetryClass::Final || this.second.is_none() {
+                this.second.set(None);
+                return Poll::Ready(result);
+            }
+            // Retryable, and the hedge is still running: it carries on alone.
+        }
+    }
+    if let Some(second) = this.second.as_mut().as_pin_mut() {
+        if let Poll::Ready(result) = second.poll(cx) {
+            this.second.set(None);
+            let result = result.map_err(Into::into);
+            if classify(&result).0 == RetryClass::Final || this.first.is_none() {
+                if this.first.is_some() {
+                    crate::timeout::expiry::dropping_expired(|| this.first.set(None));
+                }
+                return Poll::Ready(result);
+            }
+        }
+    }
+    Poll::Pending
+}
+
+/// Whether to hedge now: hedging is on, the lone attempt has run past the delay, and a
+/// hedge is allowed (idempotent, complete body, attempts, deadline, budget).
+fn hedge_due<S, B>(this: &mut Projected<'_, S, B>, cx: &mut Context<'_>) -> bool
+where
+    S: Service<Request<ReplayBody<B>>>,
+    S::Error: Into<BoxError>,
+{
+    let Some(delay) = this.policy.config.hedge_after else {
+        return false;
+    };
+    if *this.hedge_spent || this.second.is_some() {
+        return false;
+    }
+    if this.hedge.is_none() {
+        if !*this.idempotent || !this.template.body().is_complete() {
+            *this.hedge_spent = true;
+            return false;
+        }
+        this.hedge.set(Some(tokio::time::sleep(delay)));
+    }
+    let Some(timer) = this.hedge.as_mut().as_pin_mut() else {
+        return false;
+    };
+    if timer.poll(cx).is_pending() {
+        return false;
+    }
+    *this.hedge_spent = true;
+    let time_left = this
+        .template
+        .extensions()
+        .get::<Deadline>()
+        .is_none_or(|d| !d.remaining().is_zero());
+    if *this.attempts >= this.policy.config.max_attempts || !time_left {
+        return false;
+    }
+    // Only a ready service can take the hedge now; a busy one is not worth waiting for.
+    if !matches!(this.service.poll_ready(cx), Poll::Ready(Ok(()))) {
+        return false;
+    }
+    this.policy.budget.try_withdraw()
+}
+
+/// Sends the hedge to an endpoint the call has not tried.
+fn send_hedge<S, B>(this: &mut Projected<'_, S, B>)
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    let request = this.template.clone();
+    let service = &mut *this.service;
+    let future = attempt::with_avoided(this.tried, || service.call(request));
+    this.second.set(Some(future));
+    *this.attempts += 1;
+    this.policy.hedges.increment(1);
+    this.policy.hedged.fetch_add(1, Ordering::Relaxed);
 }
 
 impl<S, B> fmt::Debug for RetryFuture<S, B>

@@ -361,3 +361,101 @@ mod through_balance {
         );
     }
 }
+
+/// Answers call `n` after `delays[n]` (`None`: never), with `x-call: n`.
+fn delayed(
+    delays: &'static [Option<u64>],
+    calls: Arc<AtomicUsize>,
+) -> impl tower::Service<
+    Request<ReplayBody<Full<Bytes>>>,
+    Response = Response<()>,
+    Error = BoxError,
+    Future: Send,
+> + Clone {
+    service_fn(move |_: Request<ReplayBody<Full<Bytes>>>| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            match delays.get(n).copied().flatten() {
+                Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                None => std::future::pending().await,
+            }
+            Ok::<_, BoxError>(Response::builder().header("x-call", n).body(())?)
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_get_is_hedged_after_the_delay_and_the_first_final_answer_wins() {
+    let hedged = || {
+        RetryLayer::new(
+            "hedge",
+            RetryConfig::default().hedge_after(Duration::from_millis(50)),
+        )
+    };
+    let call = |layer: &RetryLayer, delays: &'static [Option<u64>], request| {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let service = layer.layer(delayed(delays, calls.clone()));
+        async move {
+            let started = Instant::now();
+            let response = service.oneshot(request).await.unwrap();
+            let winner = response.headers()["x-call"].to_str().unwrap().to_owned();
+            (winner, started.elapsed(), calls.load(Ordering::SeqCst))
+        }
+    };
+    let get = || Request::get("/").body(Full::default()).unwrap();
+
+    // The first attempt never answers: the hedge, sent at 50 ms, answers at once.
+    let layer = hedged();
+    let (winner, took, calls) = call(&layer, &[None, Some(0)], get()).await;
+    assert_eq!(
+        (winner.as_str(), took, calls),
+        ("1", Duration::from_millis(50), 2)
+    );
+    assert_eq!(layer.hedges(), 1);
+
+    // An answer before the delay: no hedge.
+    let layer = hedged();
+    let (winner, took, calls) = call(&layer, &[Some(10)], get()).await;
+    assert_eq!(
+        (winner.as_str(), took, calls),
+        ("0", Duration::from_millis(10), 1)
+    );
+    assert_eq!(layer.hedges(), 0);
+
+    // The original answers after the hedge left but before the hedge answers: it wins.
+    let layer = hedged();
+    let (winner, took, calls) = call(&layer, &[Some(80), Some(200)], get()).await;
+    assert_eq!(
+        (winner.as_str(), took, calls),
+        ("0", Duration::from_millis(80), 2)
+    );
+
+    // A POST is never hedged: it waits for its one attempt.
+    let layer = hedged();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = layer.layer(delayed(&[None, Some(0)], calls.clone()));
+    let post = Request::post("/orders").body(Full::from("order")).unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), service.oneshot(post))
+            .await
+            .is_err()
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(layer.hedges(), 0);
+
+    // Hedges are attempts: with max_attempts(1) there is none.
+    let layer = RetryLayer::new(
+        "hedge",
+        RetryConfig::default()
+            .max_attempts(1)
+            .hedge_after(Duration::from_millis(50)),
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = layer.layer(delayed(&[None, Some(0)], calls.clone()));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), service.oneshot(get()))
+            .await
+            .is_err()
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
