@@ -389,8 +389,8 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Calling => {
-                    let result = match poll_attempts(&mut this, cx) {
-                        Poll::Ready(result) => result,
+                    let (result, class, hint) = match poll_attempts(&mut this, cx) {
+                        Poll::Ready(answer) => answer,
                         Poll::Pending => {
                             if hedge_due(&mut this, cx) {
                                 send_hedge(&mut this);
@@ -399,7 +399,6 @@ where
                             return Poll::Pending;
                         }
                     };
-                    let (class, hint) = classify(&result);
                     if class == RetryClass::Final {
                         // The common case: nothing to decide, nothing to measure.
                         return Poll::Ready(result);
@@ -472,15 +471,13 @@ where
     }
 }
 
-type Projected<'a, S, B> = RetryProj<'a, S, B>;
+/// What an attempt ended with, sorted (classified once per answer).
+type Answer<RB> = (Result<Response<RB>, BoxError>, RetryClass, ServerHint);
 
 /// Polls the attempts in flight; the first to finish, once none is left or its answer is
 /// final. When a hedge wins, the attempt it overtook is dropped as expired (its endpoint is
 /// charged); when the original wins, the hedge is only cancelled.
-fn poll_attempts<S, B, RB>(
-    this: &mut Projected<'_, S, B>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<Response<RB>, BoxError>>
+fn poll_attempts<S, B, RB>(this: &mut RetryProj<'_, S, B>, cx: &mut Context<'_>) -> Poll<Answer<RB>>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
@@ -489,9 +486,10 @@ where
         if let Poll::Ready(result) = first.poll(cx) {
             this.first.set(None);
             let result = result.map_err(Into::into);
-            if classify(&result).0 == RetryClass::Final || this.second.is_none() {
+            let (class, hint) = classify(&result);
+            if class == RetryClass::Final || this.second.is_none() {
                 this.second.set(None);
-                return Poll::Ready(result);
+                return Poll::Ready((result, class, hint));
             }
             // Retryable, and the hedge is still running: it carries on alone.
         }
@@ -500,11 +498,12 @@ where
         if let Poll::Ready(result) = second.poll(cx) {
             this.second.set(None);
             let result = result.map_err(Into::into);
-            if classify(&result).0 == RetryClass::Final || this.first.is_none() {
+            let (class, hint) = classify(&result);
+            if class == RetryClass::Final || this.first.is_none() {
                 if this.first.is_some() {
                     crate::timeout::expiry::dropping_expired(|| this.first.set(None));
                 }
-                return Poll::Ready(result);
+                return Poll::Ready((result, class, hint));
             }
         }
     }
@@ -513,7 +512,7 @@ where
 
 /// Whether to hedge now: hedging is on, the lone attempt has run past the delay, and a
 /// hedge is allowed (idempotent, complete body, attempts, deadline, budget).
-fn hedge_due<S, B>(this: &mut Projected<'_, S, B>, cx: &mut Context<'_>) -> bool
+fn hedge_due<S, B>(this: &mut RetryProj<'_, S, B>, cx: &mut Context<'_>) -> bool
 where
     S: Service<Request<ReplayBody<B>>>,
     S::Error: Into<BoxError>,
@@ -554,7 +553,7 @@ where
 }
 
 /// Sends the hedge to an endpoint the call has not tried.
-fn send_hedge<S, B>(this: &mut Projected<'_, S, B>)
+fn send_hedge<S, B>(this: &mut RetryProj<'_, S, B>)
 where
     S: Service<Request<ReplayBody<B>>>,
 {
