@@ -114,14 +114,36 @@ impl RetryConfig {
     }
 }
 
+/// A count kept twice: for the metrics recorder, and readable here (admin views, tests) even
+/// when no recorder is installed.
+struct Tally {
+    recorded: Counter,
+    count: AtomicU64,
+}
+
+impl Tally {
+    fn new(metric: &'static str, upstream: &str) -> Self {
+        Self {
+            recorded: metrics::counter!(metric, vec![Label::new("upstream", upstream.to_owned())]),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    fn add(&self) {
+        self.recorded.increment(1);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
 struct Policy {
     config: RetryConfig,
     budget: RetryBudget,
-    retries: Counter,
-    /// Retries issued, for [`Retry::retries`]; the counter above goes to the recorder.
-    issued: AtomicU64,
-    hedges: Counter,
-    hedged: AtomicU64,
+    retries: Tally,
+    hedges: Tally,
     name: Arc<str>,
     /// Seeds for the backoff jitter of every service (and clone) of the layer.
     seeds: SeedSequence,
@@ -176,16 +198,8 @@ impl RetryLayer {
         Self {
             policy: Arc::new(Policy {
                 budget: RetryBudget::new(config.budget),
-                retries: metrics::counter!(
-                    crate::metrics::RETRIES_TOTAL,
-                    vec![Label::new("upstream", name.to_string())]
-                ),
-                issued: AtomicU64::new(0),
-                hedges: metrics::counter!(
-                    crate::metrics::HEDGES_TOTAL,
-                    vec![Label::new("upstream", name.to_string())]
-                ),
-                hedged: AtomicU64::new(0),
+                retries: Tally::new(crate::metrics::RETRIES_TOTAL, &name),
+                hedges: Tally::new(crate::metrics::HEDGES_TOTAL, &name),
                 name,
                 config,
                 seeds: SeedSequence::new(seed),
@@ -200,12 +214,12 @@ impl RetryLayer {
 
     /// How many retries this layer's services have issued so far (all clones together).
     pub fn retries(&self) -> u64 {
-        self.policy.issued.load(Ordering::Relaxed)
+        self.policy.retries.get()
     }
 
     /// How many hedges this layer's services have sent so far (all clones together).
     pub fn hedges(&self) -> u64 {
-        self.policy.hedged.load(Ordering::Relaxed)
+        self.policy.hedges.get()
     }
 }
 
@@ -260,13 +274,13 @@ impl<S> Retry<S> {
 
     /// How many retries this service and every clone of its layer have issued so far.
     pub fn retries(&self) -> u64 {
-        self.policy.issued.load(Ordering::Relaxed)
+        self.policy.retries.get()
     }
 
     /// How many hedges (see [`RetryConfig::hedge_after`]) this service and every clone of
     /// its layer have sent so far.
     pub fn hedges(&self) -> u64 {
-        self.policy.hedged.load(Ordering::Relaxed)
+        self.policy.hedges.get()
     }
 }
 
@@ -425,8 +439,7 @@ where
                     };
                     match decide(situation, || this.policy.budget.try_withdraw()) {
                         Ok(wait) => {
-                            this.policy.retries.increment(1);
-                            this.policy.issued.fetch_add(1, Ordering::Relaxed);
+                            this.policy.retries.add();
                             *this.attempts += 1;
                             this.state.set(State::Waiting {
                                 sleep: tokio::time::sleep(wait),
@@ -562,8 +575,7 @@ where
     let future = attempt::with_avoided(this.tried, || service.call(request));
     this.second.set(Some(future));
     *this.attempts += 1;
-    this.policy.hedges.increment(1);
-    this.policy.hedged.fetch_add(1, Ordering::Relaxed);
+    this.policy.hedges.add();
 }
 
 impl<S, B> fmt::Debug for RetryFuture<S, B>
