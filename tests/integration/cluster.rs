@@ -116,6 +116,10 @@ impl Harness {
         self.send(Method::GET, path, Some(&self.token), "").await
     }
 
+    async fn post(&self, path: &str, body: &'static str) -> (StatusCode, String) {
+        self.send(Method::POST, path, Some(&self.token), body).await
+    }
+
     /// `clients` concurrent loops of `per_client` GETs; the statuses that were not 200.
     async fn load(self: &Arc<Self>, clients: usize, per_client: usize) -> (usize, Vec<String>) {
         let mut tasks = Vec::new();
@@ -246,14 +250,7 @@ async fn a_post_is_never_executed_twice_and_one_never_sent_is_retried() {
     let mut created = 0;
     let mut timed_out = 0;
     for _ in 0..30 {
-        let (status, body) = harness
-            .send(
-                Method::POST,
-                "/documents/",
-                Some(&harness.token),
-                r#"{"title":"once"}"#,
-            )
-            .await;
+        let (status, body) = harness.post("/documents/", r#"{"title":"once"}"#).await;
         match status {
             StatusCode::CREATED => created += 1,
             StatusCode::GATEWAY_TIMEOUT => timed_out += 1,
@@ -275,14 +272,7 @@ async fn a_post_is_never_executed_twice_and_one_never_sent_is_retried() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = executed(&harness);
     for _ in 0..20 {
-        let (status, body) = harness
-            .send(
-                Method::POST,
-                "/documents/",
-                Some(&harness.token),
-                r#"{"title":"x"}"#,
-            )
-            .await;
+        let (status, body) = harness.post("/documents/", r#"{"title":"x"}"#).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
     assert_eq!(executed(&harness) - before, 20);
@@ -357,9 +347,7 @@ async fn bad_input_gets_a_clear_answer_and_the_gateway_keeps_serving() {
 
     // A body over the cap, announced by Content-Length: refused before anything is sent.
     let big: &'static str = Box::leak("x".repeat(4096).into_boxed_str());
-    let (status, _) = harness
-        .send(Method::POST, "/documents/", Some(&harness.token), big)
-        .await;
+    let (status, _) = harness.post("/documents/", big).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     // The same, chunked (no length up front): cut off while streaming.
     let chunked = format!(
