@@ -190,7 +190,7 @@ impl fmt::Display for CircuitOpen {
             CircuitOpenKind::Open(after) => write!(
                 f,
                 "circuit `{name}` is open after too many failures: calls fail fast for another \
-                 {after:?}, then a trial call is let through"
+                 {after:.1?}, then a trial call is let through"
             ),
             CircuitOpenKind::TrialsBusy => write!(
                 f,
@@ -304,3 +304,279 @@ impl fmt::Display for TryTimeout {
 }
 
 impl std::error::Error for TryTimeout {}
+
+/// What went wrong with a call through a seawall stack, in the terms a caller acts on.
+///
+/// [`ErrorKind::of`] walks an error's [`source`](std::error::Error::source) chain and names
+/// the first cause seawall knows, so a [`CircuitOpen`] wrapped by a retry layer's error is
+/// still a `CircuitOpen`. Everything else is [`Upstream`](ErrorKind::Upstream): the call
+/// reached the transport and it, or the upstream, failed.
+///
+/// This one mapping is what the `axum` and `tonic` helpers and the example gateway answer
+/// with:
+///
+/// | kind | HTTP | gRPC | never sent? |
+/// | --- | --- | --- | --- |
+/// | `CircuitOpen` | 503 + `Retry-After` (time until the trial call) | `UNAVAILABLE` | yes |
+/// | `NoEndpoints` | 503 + `Retry-After: 1` | `UNAVAILABLE` | yes |
+/// | `AllEjected` | 503 + `Retry-After: 1` | `UNAVAILABLE` | yes |
+/// | `Overloaded` (a full bulkhead) | 503 + `Retry-After: 1` | `UNAVAILABLE` | yes |
+/// | `DeadlineExceeded` | 504 | `DEADLINE_EXCEEDED` | no |
+/// | `TryTimeout` | 504 | `DEADLINE_EXCEEDED` | no |
+/// | `BodyTooLarge` | 413 | `RESOURCE_EXHAUSTED` | no |
+/// | `Upstream` | 502 | the `Status` in the chain, else `UNAVAILABLE` | no |
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall::{BoxError, ErrorKind, NoEndpoints};
+///
+/// fn describe(error: &BoxError) -> &'static str {
+///     match ErrorKind::of(error.as_ref()) {
+///         kind if kind.never_sent() => "refused before sending: safe to try again later",
+///         ErrorKind::DeadlineExceeded | ErrorKind::TryTimeout => "too slow",
+///         _ => "failed upstream",
+///     }
+/// }
+///
+/// let timeout: BoxError = std::io::Error::other("connection reset").into();
+/// assert_eq!(describe(&timeout), "failed upstream");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A circuit breaker rejected the call ([`CircuitOpen`]).
+    CircuitOpen {
+        /// How long until the breaker lets a trial call through, when known.
+        retry_after: Option<std::time::Duration>,
+    },
+    /// The balancer had no endpoint ([`NoEndpoints`]).
+    NoEndpoints,
+    /// Every endpoint was ejected by its breaker ([`AllEjected`]).
+    AllEjected,
+    /// A bulkhead was full ([`Overloaded`](crate::bulkhead::Overloaded)).
+    Overloaded,
+    /// The request's deadline passed ([`DeadlineExceeded`]).
+    DeadlineExceeded,
+    /// The last attempt hit its per-try timeout ([`TryTimeout`]).
+    TryTimeout,
+    /// The request body was over a size cap (`http_body_util::LengthLimitError`).
+    BodyTooLarge,
+    /// The transport or the upstream failed: connection refused or reset, protocol error, …
+    Upstream,
+}
+
+impl ErrorKind {
+    /// Names the first cause in `error`'s source chain that seawall knows.
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut cause = Some(error);
+        while let Some(error) = cause {
+            if let Some(kind) = Self::known(error) {
+                return kind;
+            }
+            cause = error.source();
+        }
+        Self::Upstream
+    }
+
+    fn known(error: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        if let Some(open) = error.downcast_ref::<CircuitOpen>() {
+            return Some(Self::CircuitOpen {
+                retry_after: open.retry_after(),
+            });
+        }
+        let kind = if error.is::<NoEndpoints>() {
+            Self::NoEndpoints
+        } else if error.is::<AllEjected>() {
+            Self::AllEjected
+        } else if error.is::<crate::bulkhead::Overloaded>() {
+            Self::Overloaded
+        } else if error.is::<DeadlineExceeded>() {
+            Self::DeadlineExceeded
+        } else if error.is::<TryTimeout>() {
+            Self::TryTimeout
+        } else if is_length_limit(error) {
+            Self::BodyTooLarge
+        } else {
+            return None;
+        };
+        Some(kind)
+    }
+
+    /// True when the request provably never left this process: the call was refused before
+    /// sending, so trying again later (or elsewhere) is safe for any method.
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            Self::CircuitOpen { .. } | Self::NoEndpoints | Self::AllEjected | Self::Overloaded
+        )
+    }
+
+    /// How long a client should wait before trying again, for the kinds answered with 503:
+    /// the breaker's own wait when it knows it (at least one second), else one second.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
+        match self {
+            Self::CircuitOpen { retry_after } => {
+                Some(retry_after.map_or(SECOND, |d| d.max(SECOND)))
+            }
+            Self::NoEndpoints | Self::AllEjected | Self::Overloaded => Some(SECOND),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status a proxy or handler should answer with; see the table above.
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+    pub fn http_status(&self) -> http::StatusCode {
+        use http::StatusCode;
+        match self {
+            Self::CircuitOpen { .. } | Self::NoEndpoints | Self::AllEjected | Self::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::DeadlineExceeded | Self::TryTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Upstream => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+#[cfg(feature = "http")]
+fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    error.is::<http_body_util::LengthLimitError>()
+}
+
+#[cfg(not(feature = "http"))]
+fn is_length_limit(_: &(dyn std::error::Error + 'static)) -> bool {
+    false
+}
+
+/// The `Retry-After` value for a wait: whole seconds, rounded up, at least one.
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+pub(crate) fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// An error and its causes as one line, `: `-separated, skipping a cause whose text the line
+/// already contains (many errors repeat their source in their own message).
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+pub(crate) fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let next = error.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = error.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[derive(Debug)]
+    struct Wrapped(BoxError);
+
+    impl fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("retry gave up")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(self.0.as_ref())
+        }
+    }
+
+    fn kind(error: impl Into<BoxError>) -> ErrorKind {
+        ErrorKind::of(error.into().as_ref())
+    }
+
+    #[test]
+    fn each_cause_is_named_even_when_wrapped() {
+        let open = CircuitOpen::open("users".into(), Duration::from_millis(2500));
+        assert_eq!(
+            kind(Wrapped(open.into())),
+            ErrorKind::CircuitOpen {
+                retry_after: Some(Duration::from_millis(2500))
+            }
+        );
+        assert_eq!(kind(NoEndpoints::new("u".into())), ErrorKind::NoEndpoints);
+        assert_eq!(kind(AllEjected::new("u".into())), ErrorKind::AllEjected);
+        assert_eq!(
+            kind(crate::bulkhead::Overloaded::new()),
+            ErrorKind::Overloaded
+        );
+        assert_eq!(
+            kind(Wrapped(
+                DeadlineExceeded::new(Duration::from_secs(2)).into()
+            )),
+            ErrorKind::DeadlineExceeded
+        );
+        assert_eq!(
+            kind(TryTimeout::new(Duration::from_secs(1))),
+            ErrorKind::TryTimeout
+        );
+        assert_eq!(kind(std::io::Error::other("reset")), ErrorKind::Upstream);
+    }
+
+    #[test]
+    fn never_sent_kinds_carry_a_retry_after_of_at_least_a_second() {
+        let open = ErrorKind::CircuitOpen {
+            retry_after: Some(Duration::from_millis(200)),
+        };
+        assert!(open.never_sent());
+        assert_eq!(open.retry_after(), Some(Duration::from_secs(1)));
+        let later = ErrorKind::CircuitOpen {
+            retry_after: Some(Duration::from_millis(4200)),
+        };
+        assert_eq!(later.retry_after(), Some(Duration::from_millis(4200)));
+        assert_eq!(retry_after_secs(Duration::from_millis(4200)), 5);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert!(!ErrorKind::DeadlineExceeded.never_sent());
+        assert_eq!(ErrorKind::Upstream.retry_after(), None);
+    }
+
+    #[test]
+    fn the_chain_text_names_each_cause_once() {
+        let error = Wrapped(std::io::Error::other("connection reset").into());
+        assert_eq!(chain_text(&error), "retry gave up: connection reset");
+    }
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn http_statuses_follow_the_table() {
+        use http::StatusCode;
+        assert_eq!(
+            ErrorKind::NoEndpoints.http_status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ErrorKind::TryTimeout.http_status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(ErrorKind::Upstream.http_status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[cfg(feature = "http")]
+    #[tokio::test]
+    async fn a_body_over_its_limit_is_too_large() {
+        use http_body_util::{BodyExt, Full, Limited};
+        let body = Limited::new(Full::new(bytes::Bytes::from_static(b"12345")), 4);
+        let error = body.collect().await.err();
+        let kind = error.map(|e| ErrorKind::of(e.as_ref()));
+        assert_eq!(kind, Some(ErrorKind::BodyTooLarge));
+        assert_eq!(
+            ErrorKind::BodyTooLarge.http_status(),
+            http::StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+}

@@ -61,6 +61,7 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `http` | yes | [`http::HttpEndpoints`]: `Balance` endpoints over one shared hyper-util client; HTTP status classification |
+//! | `axum` | no | `seawall::axum`: seawall errors as axum responses, a `HandleErrorLayer` handler |
 //!
 //! # Metrics
 //!
@@ -72,6 +73,9 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod axum;
 pub mod balance;
 pub mod breaker;
 pub mod bulkhead;
@@ -105,7 +109,8 @@ mod breaker_fuzz {
 pub use upstream::{HttpUpstream, Upstream};
 
 pub use error::{
-    AllEjected, BoxError, BuildError, CircuitOpen, DeadlineExceeded, NoEndpoints, TryTimeout,
+    AllEjected, BoxError, BuildError, CircuitOpen, DeadlineExceeded, ErrorKind, NoEndpoints,
+    TryTimeout,
 };
 
 /// The README's examples, compiled as doctests so they cannot rot.

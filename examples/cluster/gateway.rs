@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Either, Empty, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Either, Empty, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -29,10 +29,7 @@ use seawall::breaker::{BreakerConfig, State, Window};
 use seawall::discover::Instance;
 use seawall::http::ReplayBody;
 use seawall::retry::RetryConfig;
-use seawall::{
-    AllEjected, BoxError, CircuitOpen, DeadlineExceeded, HttpUpstream, NoEndpoints, TryTimeout,
-    Upstream,
-};
+use seawall::{BoxError, ErrorKind, HttpUpstream, Upstream};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -672,32 +669,23 @@ fn forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
     );
 }
 
-/// Maps a failed upstream call to what the caller should see.
+/// Maps a failed upstream call to what the caller should see: seawall's `ErrorKind` names the
+/// status (503 + `Retry-After` when the call was refused before sending, 504 past a deadline,
+/// 413 over the body cap, 502 otherwise).
 pub fn error_response(e: &BoxError) -> Response<ResponseBody> {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
-    while let Some(error) = cause {
-        if error.is::<LengthLimitError>() {
-            return self::error(StatusCode::PAYLOAD_TOO_LARGE, "request body over the cap");
-        }
-        if let Some(open) = error.downcast_ref::<CircuitOpen>() {
-            let mut response = self::error(StatusCode::SERVICE_UNAVAILABLE, &open.to_string());
-            let secs = open.retry_after().map_or(1, |d| d.as_secs().max(1));
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, secs.into());
-            return response;
-        }
-        if error.is::<NoEndpoints>() || error.is::<AllEjected>() {
-            let mut response = self::error(StatusCode::SERVICE_UNAVAILABLE, &error.to_string());
-            response.headers_mut().insert(header::RETRY_AFTER, 1.into());
-            return response;
-        }
-        if error.is::<DeadlineExceeded>() || error.is::<TryTimeout>() {
-            return self::error(StatusCode::GATEWAY_TIMEOUT, &error.to_string());
-        }
-        cause = error.source();
+    let kind = ErrorKind::of(e.as_ref());
+    let message = match kind {
+        ErrorKind::BodyTooLarge => "request body over the cap".to_owned(),
+        _ => chain(e.as_ref()),
+    };
+    let mut response = self::error(kind.http_status(), &message);
+    if let Some(wait) = kind.retry_after() {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, secs.into());
     }
-    self::error(StatusCode::BAD_GATEWAY, &chain(e.as_ref()))
+    response
 }
 
 /// An error and its causes, `: `-separated.
