@@ -8,6 +8,8 @@
 )]
 
 mod alloc;
+#[cfg(feature = "axum")]
+mod axum;
 mod balance;
 mod breaker;
 mod churn;
@@ -39,6 +41,12 @@ mod gateway;
 #[path = "../../examples/cluster/instance.rs"]
 #[allow(dead_code)]
 mod instance;
+
+// The axum example's app, driven by `axum`.
+#[cfg(feature = "axum")]
+#[path = "../../examples/axum.rs"]
+#[allow(dead_code)]
+mod axum_example;
 
 #[global_allocator]
 static ALLOCATOR: support::CountingAllocator = support::CountingAllocator;
