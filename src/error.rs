@@ -461,7 +461,7 @@ pub(crate) fn retry_after_secs(wait: std::time::Duration) -> u64 {
 
 /// An error and its causes as one line, `: `-separated, skipping a cause whose text the line
 /// already contains (many errors repeat their source in their own message).
-#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "axum", feature = "tonic")), allow(dead_code))]
 pub(crate) fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();

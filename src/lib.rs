@@ -62,6 +62,7 @@
 //! | --- | --- | --- |
 //! | `http` | yes | [`http::HttpEndpoints`]: `Balance` endpoints over one shared hyper-util client; HTTP status classification |
 //! | `axum` | no | `seawall::axum`: seawall errors as axum responses, a `HandleErrorLayer` handler |
+//! | `tonic` | no | `seawall::tonic`: balance over one tonic `Channel` per instance, errors as `tonic::Status` |
 //!
 //! # Metrics
 //!
@@ -90,6 +91,9 @@ pub mod metrics;
 pub mod retry;
 mod rng;
 pub mod timeout;
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub mod tonic;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 mod upstream;

@@ -636,6 +636,13 @@ pub(crate) fn classify_error(error: &(dyn std::error::Error + 'static)) -> Retry
         {
             return RetryClass::NeverSent;
         }
+        // A refused connection sent nothing, whichever client met it (tonic's among them).
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return RetryClass::NeverSent;
+        }
         if let Some(client) = error.downcast_ref::<hyper_util::client::legacy::Error>() {
             if client.is_connect() {
                 return RetryClass::NeverSent;
@@ -681,5 +688,34 @@ impl fmt::Display for NotRetried {
 impl std::error::Error for NotRetried {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(self.source.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transport error whose cause is the io error, as tonic's and hyper's are.
+    #[derive(Debug)]
+    struct Transport(std::io::Error);
+
+    impl fmt::Display for Transport {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("transport error")
+        }
+    }
+
+    impl std::error::Error for Transport {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_refused_connection_anywhere_in_the_chain_was_never_sent() {
+        let refused = Transport(std::io::ErrorKind::ConnectionRefused.into());
+        assert_eq!(classify_error(&refused), RetryClass::NeverSent);
+        let reset = Transport(std::io::ErrorKind::ConnectionReset.into());
+        assert_eq!(classify_error(&reset), RetryClass::Retryable);
     }
 }

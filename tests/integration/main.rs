@@ -28,6 +28,8 @@ mod retry;
 mod support;
 #[cfg(feature = "http")]
 mod timeout;
+#[cfg(feature = "tonic")]
+mod tonic;
 #[cfg(feature = "http")]
 mod upstream;
 
@@ -47,6 +49,12 @@ mod instance;
 #[path = "../../examples/axum.rs"]
 #[allow(dead_code)]
 mod axum_example;
+
+// The tonic example's servers and client, driven by `tonic`.
+#[cfg(feature = "tonic")]
+#[path = "../../examples/tonic/main.rs"]
+#[allow(dead_code)]
+mod tonic_example;
 
 #[global_allocator]
 static ALLOCATOR: support::CountingAllocator = support::CountingAllocator;
