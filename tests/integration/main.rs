@@ -16,6 +16,8 @@ mod churn;
 #[cfg(feature = "http")]
 mod cluster;
 mod ejection;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod health;
 #[cfg(feature = "http")]
 mod http;
