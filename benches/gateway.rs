@@ -92,7 +92,7 @@ fn bench(c: &mut Criterion) {
         let mut nodes = Vec::new();
         for n in 1..=3 {
             nodes.push(
-                Node::start(&registry, &tokens, "users", format!("users-{n}"))
+                Node::start(registry.clone(), &tokens, "users", format!("users-{n}"))
                     .await
                     .expect("an instance"),
             );

@@ -27,6 +27,104 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
+/// Where instances register and the gateway discovers them: the in-process registry, or etcd
+/// (`--etcd`, with the `etcd` feature).
+#[derive(Clone, Debug)]
+pub enum Directory {
+    Local(Registry),
+    #[cfg(feature = "etcd")]
+    Etcd(seawall::discover::etcd::EtcdConfig),
+}
+
+impl From<Registry> for Directory {
+    fn from(registry: Registry) -> Self {
+        Self::Local(registry)
+    }
+}
+
+/// A discovery stream from either directory.
+pub type Discovery = std::pin::Pin<
+    Box<
+        dyn futures_core::Stream<
+                Item = Result<
+                    seawall::discover::Change<String, Instance>,
+                    std::convert::Infallible,
+                >,
+            > + Send,
+    >,
+>;
+
+impl Directory {
+    /// The instances of `service`, as the gateway's discovery stream. Call it inside a runtime.
+    pub fn watch(&self, service: &str) -> Discovery {
+        match self {
+            Self::Local(registry) => Box::pin(registry.watch(service)),
+            #[cfg(feature = "etcd")]
+            Self::Etcd(config) => match seawall::discover::etcd::EtcdWatch::new(config, service) {
+                Ok(watch) => Box::pin(watch),
+                Err(error) => {
+                    eprintln!("cannot watch {service} in etcd: {error}");
+                    Box::pin(seawall::discover::from_list(
+                        Vec::<(String, Instance)>::new(),
+                    ))
+                }
+            },
+        }
+    }
+
+    /// Registers `instance` of `service`, kept alive until stopped.
+    async fn register(&self, service: &str, instance: Instance) -> Result<Registration, BoxError> {
+        match self {
+            Self::Local(registry) => Ok(Registration::Local(
+                registry.spawn_heartbeat(service, instance, TTL, HEARTBEAT)?,
+            )),
+            #[cfg(feature = "etcd")]
+            Self::Etcd(config) => Ok(Registration::Etcd(
+                seawall::discover::etcd::EtcdRegistration::register(
+                    config, service, &instance, TTL,
+                )
+                .await?,
+            )),
+        }
+    }
+}
+
+/// One instance's registration in its directory.
+enum Registration {
+    Local(Heartbeat),
+    #[cfg(feature = "etcd")]
+    Etcd(seawall::discover::etcd::EtcdRegistration),
+}
+
+impl Registration {
+    /// Stops the heartbeats: the registration expires with its TTL.
+    fn stop(self) {
+        match self {
+            Self::Local(heartbeat) => heartbeat.stop(),
+            #[cfg(feature = "etcd")]
+            Self::Etcd(registration) => registration.stop(),
+        }
+    }
+
+    /// Removes the registration now (for etcd: on `runtime`, in the background).
+    fn deregister(self, runtime: &tokio::runtime::Handle) {
+        match self {
+            Self::Local(heartbeat) => {
+                heartbeat.deregister();
+            }
+            #[cfg(feature = "etcd")]
+            Self::Etcd(registration) => {
+                runtime.spawn(async move {
+                    if let Err(error) = registration.deregister().await {
+                        eprintln!("deregistering from etcd: {error}");
+                    }
+                });
+            }
+        }
+        let _ = runtime;
+    }
+}
+
 /// How long a registration lives without a heartbeat.
 pub const TTL: Duration = Duration::from_secs(3);
 /// How often an instance sends its heartbeat.
@@ -82,7 +180,7 @@ pub struct Node {
     state: Mutex<NodeState>,
     pub stats: Arc<NodeStats>,
     tokens: Tokens,
-    registry: Registry,
+    directory: Directory,
     /// The runtime the instances run on, whichever runtime asks for a restart.
     runtime: tokio::runtime::Handle,
 }
@@ -90,7 +188,7 @@ pub struct Node {
 struct NodeState {
     addr: Option<SocketAddr>,
     server: Option<JoinHandle<()>>,
-    heartbeat: Option<Heartbeat>,
+    heartbeat: Option<Registration>,
 }
 
 /// What an instance has done, counted at the instance.
@@ -136,7 +234,7 @@ pub struct NodeView {
 impl Node {
     /// Creates an instance and starts it: listens on an ephemeral loopback port and registers.
     pub async fn start(
-        registry: &Registry,
+        directory: impl Into<Directory>,
         tokens: &Tokens,
         service: &'static str,
         id: String,
@@ -151,7 +249,7 @@ impl Node {
             }),
             stats: Arc::new(NodeStats::default()),
             tokens: tokens.clone(),
-            registry: registry.clone(),
+            directory: directory.into(),
             runtime: tokio::runtime::Handle::current(),
         });
         node.restart().await?;
@@ -199,7 +297,7 @@ impl Node {
     pub fn stop(&self) {
         let mut state = self.lock();
         if let Some(heartbeat) = state.heartbeat.take() {
-            heartbeat.deregister();
+            heartbeat.deregister(&self.runtime);
         }
         if let Some(server) = state.server.take() {
             server.abort();
@@ -230,12 +328,10 @@ impl Node {
                 tokens: self.tokens.clone(),
             },
         ));
-        let heartbeat = self.registry.spawn_heartbeat(
-            self.service,
-            Instance::new(self.id.clone(), addr),
-            TTL,
-            HEARTBEAT,
-        )?;
+        let heartbeat = self
+            .directory
+            .register(self.service, Instance::new(self.id.clone(), addr))
+            .await?;
         let mut state = self.lock();
         state.addr = Some(addr);
         state.server = Some(server);
@@ -452,7 +548,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -
 /// Every instance of every service, started together.
 #[derive(Debug)]
 pub struct Cluster {
-    pub registry: Registry,
+    pub directory: Directory,
     pub nodes: Vec<Arc<Node>>,
 }
 
@@ -461,17 +557,20 @@ impl Cluster {
     pub const SERVICES: [&'static str; 3] = ["auth", "users", "documents"];
 
     /// Starts `per_service` instances of each service (`users-1`, `users-2`, ...).
-    pub async fn start(registry: Registry, per_service: usize) -> Result<Self, BoxError> {
+    pub async fn start(
+        directory: impl Into<Directory>,
+        per_service: usize,
+    ) -> Result<Self, BoxError> {
+        let directory = directory.into();
         let tokens = Tokens::default();
         let mut nodes = Vec::new();
         for service in Self::SERVICES {
             for n in 1..=per_service {
-                nodes.push(
-                    Node::start(&registry, &tokens, service, format!("{service}-{n}")).await?,
-                );
+                let id = format!("{service}-{n}");
+                nodes.push(Node::start(directory.clone(), &tokens, service, id).await?);
             }
         }
-        Ok(Self { registry, nodes })
+        Ok(Self { directory, nodes })
     }
 
     /// The instance called `id`.

@@ -31,7 +31,7 @@ use seawall::balance::Picker;
 use seawall::discover::{Instance, Polling, Registry};
 
 use crate::gateway::{Fleet, GatewayConfig, Routing};
-use crate::instance::Cluster;
+use crate::instance::{Cluster, Directory};
 
 // The gateway allocates a little per request (hyper's header maps, the client's futures);
 // glibc's allocator spent ~8 % of the gateway's CPU in a profile, mimalloc a fraction of it.
@@ -55,6 +55,8 @@ OPTIONS
   --listen ADDR          gateway address [127.0.0.1:8080]
   --picker NAME          rr | lc | p2c [p2c]
   --instances N          instances per service [3]
+  --etcd URL             register and discover through etcd at URL (e.g. http://127.0.0.1:2379)
+                         instead of the in-process registry; needs --features etcd
   --duration D           demo length [45s]
   --clients N            demo concurrent clients [16]
   --backends A,B,...     gateway-only: backend addresses [$BACKENDS]
@@ -82,6 +84,7 @@ struct Args {
     backends: Option<String>,
     discovery_file: Option<String>,
     workers: Option<usize>,
+    etcd: Option<String>,
     config: GatewayConfig,
     deadline_set: bool,
 }
@@ -113,6 +116,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         instances: 3,
         backends: None,
         discovery_file: None,
+        etcd: None,
         workers: None,
         config: GatewayConfig::new(SocketAddr::from(([127, 0, 0, 1], 8080))),
         deadline_set: false,
@@ -145,6 +149,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--clients" => args.clients = number(value()?)?.clamp(1, 1024),
             "--backends" => args.backends = Some(value()?),
             "--discovery-file" => args.discovery_file = Some(value()?),
+            "--etcd" => args.etcd = Some(value()?),
             "--attempts" => args.config.attempts = number(value()?)?.clamp(1, 10) as u32,
             "--per-try-timeout" => {
                 args.config.per_try_timeout = duration(&value()?)?;
@@ -274,9 +279,9 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let registry = Registry::new();
-    let cluster = Arc::new(Cluster::start(registry.clone(), args.instances).await?);
-    let watch = registry.clone();
+    let directory = directory(args.etcd.as_deref())?;
+    let cluster = Arc::new(Cluster::start(directory.clone(), args.instances).await?);
+    let watch = directory.clone();
     let fleet = Fleet::start(
         args.config.clone(),
         workers,
@@ -349,6 +354,25 @@ async fn ctrl_c() {
 
 /// Gateway-only discovery: the backends file, re-read every second (a read or parse error
 /// keeps the last good set), or the fixed list.
+/// The in-process registry, or etcd at `url`.
+fn directory(etcd: Option<&str>) -> Result<Directory, BoxError> {
+    match etcd {
+        None => Ok(Registry::new().into()),
+        #[cfg(feature = "etcd")]
+        Some(url) => {
+            println!("registering and discovering through etcd at {url}");
+            Ok(Directory::Etcd(seawall::discover::etcd::EtcdConfig::new([
+                url,
+            ])))
+        }
+        #[cfg(not(feature = "etcd"))]
+        Some(_) => Err("--etcd needs the `etcd` feature: \
+             cargo run --example cluster --features etcd -- --etcd http://127.0.0.1:2379 \
+             (building it needs protoc: apt-get install protobuf-compiler libprotobuf-dev)"
+            .into()),
+    }
+}
+
 fn backends(
     file: Option<String>,
     fixed: String,

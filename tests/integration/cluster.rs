@@ -21,12 +21,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::gateway::{Fleet, GatewayConfig};
-use crate::instance::{Behaviour, Cluster, Node, TTL};
+use crate::instance::{Behaviour, Cluster, Directory, Node, TTL};
 
 type TestClient = Client<HttpConnector, Full<Bytes>>;
 
-struct Harness {
-    fleet: Fleet,
+pub(crate) struct Harness {
+    pub(crate) fleet: Fleet,
     cluster: Arc<Cluster>,
     client: TestClient,
     token: String,
@@ -34,8 +34,15 @@ struct Harness {
 
 impl Harness {
     async fn start(tune: impl FnOnce(&mut GatewayConfig)) -> Self {
-        let registry = Registry::new();
-        let cluster = Arc::new(Cluster::start(registry.clone(), 3).await.unwrap());
+        Self::start_on(Registry::new().into(), tune).await
+    }
+
+    /// The cluster and its gateway, registering and discovering through `directory`.
+    pub(crate) async fn start_on(
+        directory: Directory,
+        tune: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
+        let cluster = Arc::new(Cluster::start(directory.clone(), 3).await.unwrap());
         let mut config = GatewayConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
         tune(&mut config);
         let fleet = Fleet::start(
@@ -44,7 +51,7 @@ impl Harness {
             move || {
                 Cluster::SERVICES
                     .iter()
-                    .map(|s| (s.to_string(), registry.watch(s)))
+                    .map(|s| (s.to_string(), directory.watch(s)))
                     .collect()
             },
             None,
@@ -69,7 +76,7 @@ impl Harness {
         harness
     }
 
-    fn node(&self, id: &str) -> &Arc<Node> {
+    pub(crate) fn node(&self, id: &str) -> &Arc<Node> {
         self.cluster.node(id).unwrap()
     }
 
@@ -112,7 +119,7 @@ impl Harness {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
-    async fn get(&self, path: &str) -> (StatusCode, String) {
+    pub(crate) async fn get(&self, path: &str) -> (StatusCode, String) {
         self.send(Method::GET, path, Some(&self.token), "").await
     }
 
@@ -121,7 +128,11 @@ impl Harness {
     }
 
     /// `clients` concurrent loops of `per_client` GETs; the statuses that were not 200.
-    async fn load(self: &Arc<Self>, clients: usize, per_client: usize) -> (usize, Vec<String>) {
+    pub(crate) async fn load(
+        self: &Arc<Self>,
+        clients: usize,
+        per_client: usize,
+    ) -> (usize, Vec<String>) {
         let mut tasks = Vec::new();
         for c in 0..clients {
             let harness = Arc::clone(self);

@@ -328,3 +328,58 @@ async fn after_a_compaction_the_watch_lists_again_and_emits_only_the_difference(
         .unwrap();
     assert_eq!(describe(&next(&mut watch).await), "-users-3");
 }
+
+#[cfg(feature = "http")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_cluster_registers_and_discovers_through_etcd() {
+    use http::StatusCode;
+
+    use crate::cluster::Harness;
+    use crate::instance::{Directory, TTL};
+
+    let Some(etcd) = Etcd::start("cluster").await else {
+        return;
+    };
+    let harness =
+        std::sync::Arc::new(Harness::start_on(Directory::Etcd(config(&etcd)), |_| {}).await);
+    let (status, body) = harness.get("/users/7").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Kill one instance under load: every GET succeeds, and etcd drops it at its lease's TTL.
+    let load = {
+        let harness = std::sync::Arc::clone(&harness);
+        tokio::spawn(async move { harness.load(8, 50).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(harness.node("users-2").kill());
+    let (done, bad) = load.await.unwrap();
+    assert!(
+        bad.is_empty(),
+        "{} of {done} failed: {:?}",
+        bad.len(),
+        bad.first()
+    );
+    let killed = tokio::time::Instant::now();
+    crate::support::eventually("users-2 leaves rotation", || {
+        !harness
+            .fleet
+            .endpoints("users")
+            .contains(&"users-2".to_owned())
+    })
+    .await;
+    assert!(
+        killed.elapsed() < TTL + Duration::from_secs(3),
+        "{:?}",
+        killed.elapsed()
+    );
+
+    // Restarted on a new port, it registers again and comes back.
+    let addr = harness.node("users-2").restart().await.unwrap();
+    crate::support::eventually("users-2 back in rotation", || {
+        harness.fleet.endpoints("users").len() == 3
+    })
+    .await;
+    let mut client = etcd.client().await;
+    let listed = client.get("/services/users/users-2", None).await.unwrap();
+    assert_eq!(listed.kvs()[0].value_str().unwrap(), addr.to_string());
+}
