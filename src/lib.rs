@@ -62,6 +62,7 @@
 //! | --- | --- | --- |
 //! | `http` | yes | [`http::HttpEndpoints`]: `Balance` endpoints over one shared hyper-util client; HTTP status classification |
 //! | `axum` | no | `seawall::axum`: seawall errors as axum responses, a `HandleErrorLayer` handler |
+//! | `dns` | no | [`discover::dns`]: A/AAAA and SRV discovery (hickory-resolver), looked up again at the records' TTL within bounds |
 //! | `etcd` | no | [`discover::etcd`]: discovery from an etcd key prefix (list, watch, reconnect, re-list after compaction) and lease-based registration; building it needs protoc |
 //! | `tonic` | no | `seawall::tonic`: balance over one tonic `Channel` per instance, errors as `tonic::Status` |
 //!

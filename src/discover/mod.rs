@@ -12,6 +12,9 @@
 //! Sources yield [`Instance`]s or plain values; [`DiscoverExt::map_service`] turns each
 //! discovered value into the service the balancer calls.
 
+#[cfg(feature = "dns")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
+pub mod dns;
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub mod etcd;

@@ -15,6 +15,8 @@ mod breaker;
 mod churn;
 #[cfg(feature = "http")]
 mod cluster;
+#[cfg(feature = "dns")]
+mod dns;
 mod ejection;
 #[cfg(feature = "etcd")]
 mod etcd;
