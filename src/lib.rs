@@ -62,6 +62,7 @@
 //! | --- | --- | --- |
 //! | `http` | yes | [`http::HttpEndpoints`]: `Balance` endpoints over one shared hyper-util client; HTTP status classification |
 //! | `axum` | no | `seawall::axum`: seawall errors as axum responses, a `HandleErrorLayer` handler |
+//! | `serde` | no | [`mod@config`]: `Deserialize` for every configuration (TOML, YAML, JSON), durations like `"250ms"`, errors that name the field |
 //! | `dns` | no | [`discover::dns`]: A/AAAA and SRV discovery (hickory-resolver), looked up again at the records' TTL within bounds |
 //! | `etcd` | no | [`discover::etcd`]: discovery from an etcd key prefix (list, watch, reconnect, re-list after compaction) and lease-based registration; building it needs protoc |
 //! | `tonic` | no | `seawall::tonic`: balance over one tonic `Channel` per instance, errors as `tonic::Status` |
@@ -83,6 +84,9 @@ pub mod balance;
 pub mod breaker;
 pub mod bulkhead;
 pub mod classify;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub mod config;
 pub mod discover;
 mod error;
 pub mod health;

@@ -83,6 +83,55 @@ pub struct Upstream<P = P2c> {
 }
 
 impl Upstream {
+    /// An upstream named `name` built from `config` (read from a file, say); fields left out
+    /// keep [`builder`](Self::builder)'s defaults.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), seawall::BoxError> {
+    /// use bytes::Bytes;
+    /// use http_body_util::Empty;
+    /// use seawall::Upstream;
+    /// use seawall::config::UpstreamConfig;
+    /// use seawall::discover::Registry;
+    /// use seawall::http::{ReplayBody, default_client};
+    ///
+    /// let config: UpstreamConfig = serde_json::from_str(
+    ///     r#"{ "picker": "least-conn", "deadline": "2s", "retry": { "max_attempts": 2 } }"#,
+    /// )?;
+    /// let registry = Registry::new();
+    /// let users = Upstream::from_config("users", &config)
+    ///     .build_http(registry.watch("users"), default_client::<ReplayBody<Empty<Bytes>>>())?;
+    /// # let _ = users;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+    pub fn from_config(
+        name: impl Into<Arc<str>>,
+        config: &crate::config::UpstreamConfig,
+    ) -> Upstream<crate::balance::Picker> {
+        let mut upstream =
+            Upstream::builder(name).picker(crate::balance::Picker::from(config.picker));
+        if let Some(breaker) = &config.endpoint_breaker {
+            upstream = upstream.endpoint_breaker(breaker.clone());
+        }
+        if let Some(retry) = &config.retry {
+            upstream = upstream.retry(retry.clone());
+        }
+        if let Some(timeout) = config.per_try_timeout {
+            upstream = upstream.per_try_timeout(timeout);
+        }
+        if let Some(deadline) = config.deadline {
+            upstream = upstream.deadline(deadline);
+        }
+        if let Some(wait) = config.wait_for_endpoints {
+            upstream = upstream.wait_for_endpoints(wait);
+        }
+        upstream
+    }
+
     /// Starts an upstream named `name` (metrics, logs, errors). Defaults: picker [`P2c`], no
     /// per-endpoint breakers, [`RetryConfig::default`], a 15 s deadline (Envoy's route
     /// timeout) and no per-try timeout beyond it.

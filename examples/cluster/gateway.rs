@@ -30,7 +30,7 @@ use seawall::discover::Instance;
 use seawall::http::ReplayBody;
 use seawall::retry::RetryConfig;
 use seawall::{BoxError, ErrorKind, HttpUpstream, Upstream};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 use tower::discover::Change;
@@ -44,38 +44,90 @@ pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 type Service = HttpUpstream<String, GatewayBody, Picker>;
 
 /// How the gateway routes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Routing {
     /// `/<service>/<path>` → `<path>` on `<service>`; anything else is 404. Every service
     /// but `auth` needs a token that `auth` accepts.
+    #[default]
     Services,
     /// Every path, unchanged, to the one upstream (gateway-only mode); no token check.
     Single,
 }
 
-/// Everything the gateway can be told.
-#[derive(Debug, Clone)]
+/// Everything the gateway can be told: from `cluster.toml`'s `[gateway]` table (every field
+/// optional), then from the command line.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// The picker's name (`rr`, `lc`, `p2c`); each upstream gets its own picker.
     pub picker: String,
+    #[serde(skip)]
     pub routing: Routing,
     /// Attempts per request, the first included (nginx `proxy_next_upstream_tries`).
     pub attempts: u32,
     /// Most one attempt may take (nginx `proxy_read_timeout`, HAProxy `timeout server`).
+    #[serde(with = "seawall::config::duration")]
     pub per_try_timeout: Duration,
     /// Most a connection attempt may take.
+    #[serde(with = "seawall::config::duration")]
     pub connect_timeout: Duration,
     /// Most a whole request may take, retries included.
+    #[serde(with = "seawall::config::duration")]
     pub deadline: Duration,
-    /// Hedge an idempotent request that has not answered after this long (`None`: never).
+    /// Hedge an idempotent request that has not answered after this long (`None`, or `"0s"`
+    /// in the file: never).
+    #[serde(with = "seawall::config::option_duration")]
     pub hedge_after: Option<Duration>,
     /// The per-endpoint breaker (outlier ejection).
     pub breaker: BreakerConfig,
     /// Largest request body accepted; larger gets 413.
     pub body_cap: usize,
     /// How long a client may take to send a request's headers.
+    #[serde(with = "seawall::config::duration")]
     pub header_read_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self::new(SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+}
+
+/// `cluster.toml`: the cluster's size and the gateway's settings; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Instances per service.
+    pub instances: Option<usize>,
+    /// Register and discover through etcd at this URL.
+    pub etcd: Option<String>,
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+}
+
+impl ClusterFile {
+    /// Reads and checks `path`; the error names the file and the field.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut file: Self =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        file.gateway
+            .picker
+            .parse::<Picker>()
+            .map_err(|e| format!("{}: `gateway.picker`: {e}", path.display()))?;
+        if file.gateway.attempts == 0 {
+            return Err(format!(
+                "{}: `gateway.attempts` must be at least 1",
+                path.display()
+            ));
+        }
+        if file.gateway.hedge_after.is_some_and(|d| d.is_zero()) {
+            file.gateway.hedge_after = None;
+        }
+        Ok(file)
+    }
 }
 
 impl GatewayConfig {

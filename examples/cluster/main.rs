@@ -30,7 +30,7 @@ use seawall::BoxError;
 use seawall::balance::Picker;
 use seawall::discover::{Instance, Polling, Registry};
 
-use crate::gateway::{Fleet, GatewayConfig, Routing};
+use crate::gateway::{ClusterFile, Fleet, GatewayConfig, Routing};
 use crate::instance::{Cluster, Directory};
 
 // The gateway allocates a little per request (hyper's header maps, the client's futures);
@@ -52,6 +52,9 @@ MODES
                          (every path goes to that one upstream; no token check)
 
 OPTIONS
+  --config PATH          settings file (TOML); flags override it [examples/cluster/cluster.toml
+                         when it exists, except with --gateway-only]
+  --no-config            ignore examples/cluster/cluster.toml
   --listen ADDR          gateway address [127.0.0.1:8080]
   --picker NAME          rr | lc | p2c [p2c]
   --instances N          instances per service [3]
@@ -86,6 +89,8 @@ struct Args {
     workers: Option<usize>,
     etcd: Option<String>,
     config: GatewayConfig,
+    /// The configuration file read, if any.
+    config_file: Option<std::path::PathBuf>,
     deadline_set: bool,
 }
 
@@ -107,19 +112,51 @@ fn env_secs(name: &str) -> Option<Duration> {
     std::env::var(name).ok().and_then(|v| duration(&v).ok())
 }
 
-fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
+/// The file read when no `--config` is given, if it exists.
+const DEFAULT_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster/cluster.toml");
+
+fn parse_args(argv: impl Iterator<Item = String>) -> Result<Args, String> {
+    let argv: Vec<String> = argv.collect();
+    // The file first (an explicit --config, else the example's cluster.toml unless the
+    // gateway runs alone or --no-config), then the flags over it.
+    let explicit = argv
+        .iter()
+        .position(|a| a == "--config")
+        .map(|i| argv.get(i + 1).cloned().ok_or("--config needs a value"))
+        .transpose()?;
+    let skip_default = argv
+        .iter()
+        .any(|a| a == "--gateway-only" || a == "--no-config");
+    let path = match explicit {
+        Some(path) => Some(std::path::PathBuf::from(path)),
+        None if !skip_default && std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            Some(DEFAULT_CONFIG.into())
+        }
+        None => None,
+    };
+    let file = match &path {
+        Some(path) => ClusterFile::load(path)?,
+        None => ClusterFile::default(),
+    };
+    let mut args = parse_flags(argv.into_iter(), file)?;
+    args.config_file = path;
+    Ok(args)
+}
+
+fn parse_flags(mut argv: impl Iterator<Item = String>, file: ClusterFile) -> Result<Args, String> {
     let mut args = Args {
         demo: false,
         gateway_only: false,
         duration: Duration::from_secs(45),
         clients: 16,
-        instances: 3,
+        instances: file.instances.unwrap_or(3).clamp(1, 20),
         backends: None,
         discovery_file: None,
-        etcd: None,
+        etcd: file.etcd,
         workers: None,
-        config: GatewayConfig::new(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        config: file.gateway,
         deadline_set: false,
+        config_file: None,
     };
     let mut per_try_set = false;
     let mut connect_set = false;
@@ -131,6 +168,10 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         };
         match flag.as_str() {
             "-h" | "--help" => return Err(String::new()),
+            "--config" => {
+                value()?;
+            }
+            "--no-config" => {}
             "--demo" => args.demo = true,
             "--gateway-only" => args.gateway_only = true,
             "--listen" => {
@@ -309,6 +350,10 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
         "seawall gateway on http://{addr} ({workers} workers, picker {})",
         args.config.picker
     );
+    match &args.config_file {
+        Some(path) => println!("settings from {} (flags override it)", path.display()),
+        None => println!("built-in settings (no cluster.toml)"),
+    }
 
     if args.demo {
         let passed = demo::run(

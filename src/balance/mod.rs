@@ -48,8 +48,8 @@ pub(crate) mod service_shared {
 }
 pub use self::future::ResponseFuture;
 pub use self::picker::{
-    LeastConn, Observation, P2c, Pick, PickContext, PickRng, Picker, PickerSchedule, RoundRobin,
-    RoundRobinSchedule, UnknownPicker, weighted_order,
+    LeastConn, Observation, P2c, Pick, PickContext, PickRng, Picker, PickerKind, PickerSchedule,
+    RoundRobin, RoundRobinSchedule, UnknownPicker, weighted_order,
 };
 pub use self::service::{Balance, Builder, EjectionStats};
 pub use self::set::{EndpointSet, EndpointTable};

@@ -665,6 +665,53 @@ impl std::str::FromStr for Picker {
     }
 }
 
+/// Which picker, as data (a config file's `picker = "least-conn"`); [`Picker::from`] makes a
+/// fresh one.
+///
+/// # Examples
+///
+/// ```
+/// use seawall::balance::{Picker, PickerKind};
+///
+/// let kind: PickerKind = "rr".parse()?;
+/// assert_eq!(kind, PickerKind::RoundRobin);
+/// assert!(matches!(Picker::from(kind), Picker::RoundRobin(_)));
+/// # Ok::<(), seawall::balance::UnknownPicker>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum PickerKind {
+    /// [`RoundRobin`].
+    RoundRobin,
+    /// [`LeastConn`].
+    LeastConn,
+    /// [`P2c`], the default.
+    #[default]
+    P2c,
+}
+
+impl std::str::FromStr for PickerKind {
+    type Err = UnknownPicker;
+
+    /// Parses the names [`Picker`] parses.
+    fn from_str(name: &str) -> Result<Self, UnknownPicker> {
+        Ok(match name.parse::<Picker>()? {
+            Picker::RoundRobin(_) => Self::RoundRobin,
+            Picker::LeastConn(_) => Self::LeastConn,
+            Picker::P2c(_) => Self::P2c,
+        })
+    }
+}
+
+impl From<PickerKind> for Picker {
+    fn from(kind: PickerKind) -> Self {
+        match kind {
+            PickerKind::RoundRobin => Self::RoundRobin(RoundRobin::new()),
+            PickerKind::LeastConn => Self::LeastConn(LeastConn::new()),
+            PickerKind::P2c => Self::P2c(P2c::new()),
+        }
+    }
+}
+
 /// A picker name that [`Picker::from_str`](std::str::FromStr) does not know.
 #[derive(Debug, Clone)]
 pub struct UnknownPicker(String);

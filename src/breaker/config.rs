@@ -208,6 +208,11 @@ impl ConfigError {
     pub fn field(&self) -> &str {
         self.field
     }
+
+    /// What the field must be.
+    pub fn reason(&self) -> &str {
+        self.reason
+    }
 }
 
 impl fmt::Display for ConfigError {

@@ -47,6 +47,16 @@ impl Backoff {
         }
     }
 
+    /// The first retry's ceiling.
+    pub fn base(&self) -> Duration {
+        self.base
+    }
+
+    /// The largest ceiling.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
     /// The upper bound of the wait before retry `n` (1 for the first retry):
     /// `min(base × 2^(n−1), max)`.
     pub fn ceiling(&self, retry: u32) -> Duration {

@@ -383,3 +383,58 @@ async fn bad_input_gets_a_clear_answer_and_the_gateway_keeps_serving() {
     assert_eq!(harness.get("/users/1").await.0, StatusCode::OK);
     harness.stop().await;
 }
+
+#[test]
+fn the_committed_cluster_toml_is_the_built_in_defaults() {
+    use crate::gateway::ClusterFile;
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster/cluster.toml");
+    let file = ClusterFile::load(&path).unwrap();
+    assert_eq!(file.instances, Some(3));
+    assert_eq!(file.etcd, None);
+    assert_eq!(
+        file.gateway,
+        GatewayConfig::new(SocketAddr::from(([127, 0, 0, 1], 8080)))
+    );
+}
+
+#[test]
+fn a_bad_cluster_toml_names_the_file_and_the_field() {
+    use crate::gateway::ClusterFile;
+    let dir = std::env::temp_dir().join(format!("seawall-cluster-toml-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "[gateway]\ndeadline = \"2 fortnights\"",
+            "`2 fortnights` is not a duration",
+        ),
+        (
+            "[gateway.breaker]\nfailure_rate = 0",
+            "`failure_rate` must be in (0, 100]",
+        ),
+        (
+            "[gateway]\npicker = \"fastest\"",
+            "`gateway.picker`: unknown picker `fastest`",
+        ),
+        ("[gateway]\nlisten_on = \"x\"", "unknown field `listen_on`"),
+        ("[gateway]\nhedge_after = \"0s\"", ""),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let path = dir.join(format!("{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        match ClusterFile::load(&path) {
+            Ok(file) => {
+                assert!(expected.is_empty(), "{text:?} was accepted");
+                assert_eq!(file.gateway.hedge_after, None, "\"0s\" turns hedging off");
+            }
+            Err(error) => {
+                assert!(
+                    error.contains(expected),
+                    "{error:?} should contain {expected:?}"
+                );
+                assert!(error.contains(&path.display().to_string()), "{error:?}");
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -15,6 +15,8 @@ mod breaker;
 mod churn;
 #[cfg(feature = "http")]
 mod cluster;
+#[cfg(feature = "serde")]
+mod config;
 #[cfg(feature = "dns")]
 mod dns;
 mod ejection;
