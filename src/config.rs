@@ -144,7 +144,7 @@ pub mod option_duration {
             .transpose()
     }
 
-    /// Writes an optional duration like [`duration::serialize`](super::duration::serialize).
+    /// Writes an optional duration like [`duration::serialize`].
     pub fn serialize<S: serde::Serializer>(
         duration: &Option<Duration>,
         serializer: S,
