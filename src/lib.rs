@@ -56,6 +56,12 @@
 //! # }
 //! ```
 //!
+//! # Chapters
+//!
+//! [`guide::layer_order`] (why this order), [`guide::errors`] (every error and the status it
+//! becomes under axum and tonic), [`guide::backpressure`] (what `poll_ready` means per layer,
+//! and layers under axum) and [`mod@metrics`] (every series).
+//!
 //! # Feature flags
 //!
 //! | feature | default | what it adds |
@@ -90,6 +96,23 @@ pub mod config;
 pub mod discover;
 mod error;
 pub mod health;
+
+/// Chapters on how the pieces fit together, beyond any one item's documentation.
+///
+/// * [`layer_order`](guide::layer_order): which layer goes where, and what breaks otherwise.
+/// * [`errors`](guide::errors): every error, whether the request left, and the HTTP status or
+///   gRPC code it becomes under axum and tonic.
+/// * [`backpressure`](guide::backpressure): what `poll_ready` means for each layer, and where to
+///   put layers under axum.
+/// * [`mod@crate::metrics`]: every series, its type and labels.
+pub mod guide {
+    #[doc = include_str!("docs/layer_order.md")]
+    pub mod layer_order {}
+    #[doc = include_str!("docs/errors.md")]
+    pub mod errors {}
+    #[doc = include_str!("docs/backpressure.md")]
+    pub mod backpressure {}
+}
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;

@@ -16,12 +16,36 @@
 //! | `seawall_no_endpoints_total` | counter | `upstream` | calls failed at once with [`NoEndpoints`](crate::NoEndpoints) |
 //! | `seawall_all_ejected_total` | counter | `upstream` | calls failed at once with [`AllEjected`](crate::AllEjected) (per-endpoint breakers never reject a call themselves: pickers skip ejected endpoints) |
 //! | `seawall_retries_total` | counter | `upstream` (the retry layer's name) | retries sent |
+//! | `seawall_hedges_total` | counter | `upstream` (the retry layer's name) | hedged attempts sent ([`RetryConfig::hedge_after`](crate::retry::RetryConfig::hedge_after)); also limited by the retry budget |
 //! | `seawall_retries_skipped_total` | counter | `upstream`, `reason` (`not_idempotent` \| `attempts_exhausted` \| `pushback` \| `retry_after_too_long` \| `deadline` \| `budget` \| `body_not_replayable`) | retryable outcomes returned without a retry, by why |
 //! | `seawall_discovery_changes_total` | counter | `upstream`, `change` (`insert` \| `remove`) | discovery changes applied |
-//! | `seawall_discovery_errors_total` | counter | `upstream` (or `source` for a polling source) | errors from a discovery stream or poll; the last good set is kept |
+//! | `seawall_discovery_errors_total` | counter | `upstream`, or `source` for a discovery source (a [`Polling`](crate::discover::Polling) source's name, `etcd:<service>`, `dns:<name>`) | errors from a discovery stream, poll, etcd session or DNS lookup; the last good set is kept |
 //!
 //! `upstream` is the name given to [`Builder::name`](crate::balance::Builder::name); `endpoint` is
 //! the discovery key, formatted with `Debug` for generic keys and plainly for addresses and strings.
+//!
+//! # Reading them
+//!
+//! With `metrics-exporter-prometheus` (the example cluster serves them at `/metrics`):
+//!
+//! ```text
+//! # success ratio per upstream over 5 minutes
+//! sum by (upstream) (rate(seawall_requests_total{outcome="success"}[5m]))
+//!   / sum by (upstream) (rate(seawall_requests_total{outcome=~"success|failure"}[5m]))
+//! # instances ejected now, and circuits that opened in the last 10 minutes
+//! seawall_endpoints{state="ejected"}
+//! increase(seawall_breaker_transitions_total{to="open"}[10m])
+//! # how much of the load is retries, and why retries were refused
+//! sum by (upstream) (rate(seawall_retries_total[5m])) / sum by (upstream) (rate(seawall_requests_total[5m]))
+//! sum by (upstream, reason) (rate(seawall_retries_skipped_total[5m]))
+//! # p99 per endpoint
+//! histogram_quantile(0.99, sum by (upstream, endpoint, le) (rate(seawall_request_duration_seconds_bucket[5m])))
+//! ```
+//!
+//! An alert worth having: `seawall_endpoints{state="ejected"} / seawall_endpoints{state="ready"} > 0.5`
+//! (half an upstream ejected: the panic threshold is near, and the rest is taking the load).
+//! `tests/integration/metrics.rs` reads these series back from a `metrics-util` debugging
+//! recorder while a scripted outage opens a circuit, retries and ejects an endpoint.
 
 use metrics::{Counter, Gauge, Histogram, Label};
 

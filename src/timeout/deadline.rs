@@ -46,6 +46,7 @@ impl Deadline {
 /// # Examples
 ///
 /// ```
+/// # #[cfg(feature = "http")] {
 /// use std::time::Duration;
 /// use seawall::timeout::DeadlineLayer;
 /// use tower::{ServiceBuilder, service_fn};
@@ -56,6 +57,7 @@ impl Deadline {
 ///         Ok::<_, seawall::BoxError>(req.extensions().get::<seawall::timeout::Deadline>().is_some())
 ///     }));
 /// # let _ = service;
+/// # }
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct DeadlineLayer {

@@ -18,6 +18,7 @@ use crate::error::{DeadlineExceeded, TryTimeout};
 /// # Examples
 ///
 /// ```
+/// # #[cfg(feature = "http")] {
 /// use std::time::Duration;
 /// use seawall::timeout::{DeadlineLayer, PerTryTimeoutLayer};
 /// use tower::{ServiceBuilder, service_fn};
@@ -28,6 +29,7 @@ use crate::error::{DeadlineExceeded, TryTimeout};
 ///     .layer(PerTryTimeoutLayer::new(Duration::from_millis(500)))
 ///     .service(service_fn(|_: http::Request<()>| async { Ok::<_, seawall::BoxError>(()) }));
 /// # let _ = service;
+/// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct PerTryTimeoutLayer {

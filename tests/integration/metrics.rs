@@ -209,3 +209,120 @@ async fn breakers_emit_state_transitions_rejections_and_ejections() {
         Some(DebugValue::Counter(1))
     ));
 }
+
+/// One upstream, scripted: an endpoint starts answering 503, the call is retried on the other,
+/// the failing endpoint's breaker opens and ejects it. Every series the chapter in
+/// `seawall::metrics` promises for that story is read back.
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn a_scripted_outage_emits_retry_breaker_and_ejection_series() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use http::{Request, Response, StatusCode};
+    use http_body_util::Empty;
+    use seawall::breaker::{BreakerConfig, Window};
+    use seawall::classify::HttpStatus;
+    use seawall::retry::{RetryConfig, RetryLayer};
+    use tower::{Layer, service_fn};
+
+    let _exclusive = RECORDER_IN_USE.lock().await;
+    snapshotter();
+    let endpoint = |failing: Arc<AtomicBool>| {
+        service_fn(move |_: Request<_>| {
+            let failing = failing.load(Ordering::SeqCst);
+            async move {
+                let status = if failing {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                };
+                Ok::<_, seawall::BoxError>(
+                    Response::builder()
+                        .status(status)
+                        .body(Empty::<bytes::Bytes>::new())
+                        .unwrap(),
+                )
+            }
+        })
+    };
+    let outage = Arc::new(AtomicBool::new(false));
+    let (tx, discover) = channel();
+    tx.send(Ok(Change::Insert("api-1", endpoint(Arc::clone(&outage)))))
+        .unwrap();
+    tx.send(Ok(Change::Insert(
+        "api-2",
+        endpoint(Arc::new(AtomicBool::new(false))),
+    )))
+    .unwrap();
+    let balance = Balance::builder(discover)
+        .name("metrics-story")
+        .picker(RoundRobin::new())
+        .classify(HttpStatus)
+        .endpoint_breaker(
+            BreakerConfig::default()
+                .window(Window::Count { calls: 5 })
+                .minimum_calls(3)
+                .failure_rate(60.0),
+        )
+        .build()
+        .unwrap();
+    eventually("published", || balance.endpoints().len() == 2).await;
+    let upstream = RetryLayer::new("metrics-story", RetryConfig::default()).layer(balance.clone());
+
+    // Healthy, then api-1 starts failing: every GET still succeeds, through retries.
+    let get = || {
+        Request::get("http://api/")
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    for _ in 0..4 {
+        let response = upstream.clone().oneshot(get()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    outage.store(true, Ordering::SeqCst);
+    for _ in 0..12 {
+        let response = upstream.clone().oneshot(get()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    let all = series("metrics-story");
+    let counter = |name, labels: &[(&str, &str)]| match value(&all, name, labels) {
+        Some(DebugValue::Counter(n)) => *n,
+        other => panic!("{name} {labels:?}: {other:?}"),
+    };
+    let gauge = |name, labels: &[(&str, &str)]| match value(&all, name, labels) {
+        Some(DebugValue::Gauge(g)) => g.into_inner(),
+        other => panic!("{name} {labels:?}: {other:?}"),
+    };
+    // Three 503s open api-1's circuit (minimum 3 calls, 60 %); each was retried on api-2.
+    assert_eq!(counter("seawall_retries_total", &[]), 3);
+    assert_eq!(
+        counter(
+            "seawall_requests_total",
+            &[("endpoint", "api-1"), ("outcome", "failure")]
+        ),
+        3
+    );
+    assert_eq!(
+        counter(
+            "seawall_breaker_transitions_total",
+            &[("endpoint", "api-1"), ("from", "closed"), ("to", "open")]
+        ),
+        1
+    );
+    assert_eq!(
+        gauge("seawall_breaker_state", &[("endpoint", "api-1")]),
+        1.0
+    );
+    assert_eq!(gauge("seawall_endpoints", &[("state", "ejected")]), 1.0);
+    assert_eq!(gauge("seawall_endpoints", &[("state", "ready")]), 2.0);
+    // After the ejection, api-2 took everything: 2 before the outage, 3 retries, 12 - 3 more.
+    assert_eq!(
+        counter(
+            "seawall_requests_total",
+            &[("endpoint", "api-2"), ("outcome", "success")]
+        ),
+        2 + 3 + 9
+    );
+}
