@@ -42,8 +42,9 @@
 //! histogram_quantile(0.99, sum by (upstream, endpoint, le) (rate(seawall_request_duration_seconds_bucket[5m])))
 //! ```
 //!
-//! An alert worth having: `seawall_endpoints{state="ejected"} / seawall_endpoints{state="ready"} > 0.5`
-//! (half an upstream ejected: the panic threshold is near, and the rest is taking the load).
+//! An alert worth having:
+//! `seawall_endpoints{state="ejected"} / ignoring(state) seawall_endpoints{state="ready"} > 0.5`
+//! (half an upstream ejected: the rest is taking all of its load).
 //! `tests/integration/metrics.rs` reads these series back from a `metrics-util` debugging
 //! recorder while a scripted outage opens a circuit, retries and ejects an endpoint.
 
