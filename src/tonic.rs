@@ -71,6 +71,7 @@ use tonic::{Code, Status};
 use tower::{Layer, Service};
 
 use crate::balance::Weight;
+use crate::classify::{GrpcTrailersBody, PendingVerdict};
 use crate::discover::Instance;
 use crate::error::chain_text;
 use crate::{BoxError, ErrorKind};
@@ -200,6 +201,12 @@ where
 /// It accepts a request with any body of `Bytes` (tonic's own, or the retry layer's replayable
 /// wrapper around it) and answers with tonic's body; it carries the instance's weight. The
 /// channel connects on first use and reconnects by itself.
+///
+/// A response whose head has no `grpc-status` gets its status in the trailers: the endpoint
+/// wraps its body in a [`GrpcTrailersBody`] and puts the [`PendingVerdict`] in the response, so
+/// a balancer classifying with [`GrpcStatus`](crate::classify::GrpcStatus) records the call —
+/// breaker, load, metrics — by the trailers' status when the body ends. A stream that fails
+/// halfway counts against its instance.
 #[derive(Clone)]
 pub struct GrpcEndpoint {
     /// `None` only if the address does not form a URI, which cannot happen for a socket
@@ -312,10 +319,20 @@ impl Future for GrpcResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        match this.inner.as_pin_mut() {
-            Some(inner) => inner.poll(cx).map_err(Into::into),
-            None => Poll::Ready(Err(Box::new(NoChannel(*this.addr)))),
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(Err(Box::new(NoChannel(*this.addr))));
+        };
+        let response = ready!(inner.poll(cx))?;
+        if response.headers().contains_key("grpc-status") {
+            // Trailers-only: the head has the verdict.
+            return Poll::Ready(Ok(response));
         }
+        // The status comes in the trailers: let the body decide the call's verdict.
+        let verdict = PendingVerdict::new();
+        let (mut parts, body) = response.into_parts();
+        parts.extensions.insert(verdict.clone());
+        let body = tonic::body::Body::new(GrpcTrailersBody::new(body, verdict));
+        Poll::Ready(Ok(http::Response::from_parts(parts, body)))
     }
 }
 

@@ -126,6 +126,30 @@ pub mod greeter_client {
             req.extensions_mut().insert(GrpcMethod::new("greeter.Greeter", "SayHello"));
             self.inner.unary(req, path, codec).await
         }
+        /// Three greetings as a stream; its status arrives in the trailers, after the messages.
+        pub async fn say_hellos(
+            &mut self,
+            request: impl tonic::IntoRequest<super::HelloRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::HelloReply>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/greeter.Greeter/SayHellos",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("greeter.Greeter", "SayHellos"));
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -146,6 +170,17 @@ pub mod greeter_server {
             &self,
             request: tonic::Request<super::HelloRequest>,
         ) -> std::result::Result<tonic::Response<super::HelloReply>, tonic::Status>;
+        /// Server streaming response type for the SayHellos method.
+        type SayHellosStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::HelloReply, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Three greetings as a stream; its status arrives in the trailers, after the messages.
+        async fn say_hellos(
+            &self,
+            request: tonic::Request<super::HelloRequest>,
+        ) -> std::result::Result<tonic::Response<Self::SayHellosStream>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct GreeterServer<T> {
@@ -262,6 +297,52 @@ pub mod greeter_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/greeter.Greeter/SayHellos" => {
+                    #[allow(non_camel_case_types)]
+                    struct SayHellosSvc<T: Greeter>(pub Arc<T>);
+                    impl<
+                        T: Greeter,
+                    > tonic::server::ServerStreamingService<super::HelloRequest>
+                    for SayHellosSvc<T> {
+                        type Response = super::HelloReply;
+                        type ResponseStream = T::SayHellosStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::HelloRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Greeter>::say_hellos(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SayHellosSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

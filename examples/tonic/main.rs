@@ -57,6 +57,21 @@ struct Hello {
     id: String,
     served: Arc<AtomicU64>,
     unavailable: Arc<AtomicBool>,
+    broken_streams: Arc<AtomicBool>,
+}
+
+/// The messages of one `SayHellos` stream, then its end (or its error).
+struct Replies(std::collections::VecDeque<Result<HelloReply, tonic::Status>>);
+
+impl futures_core::Stream for Replies {
+    type Item = Result<HelloReply, tonic::Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.0.pop_front())
+    }
 }
 
 #[tonic::async_trait]
@@ -84,6 +99,37 @@ impl Greeter for Hello {
             grpc_timeout,
         }))
     }
+
+    type SayHellosStream = Replies;
+
+    /// Three greetings; with `broken_streams`, one greeting and then `UNAVAILABLE` in the
+    /// trailers, as a server that fails halfway through a stream.
+    async fn say_hellos(
+        &self,
+        request: tonic::Request<HelloRequest>,
+    ) -> Result<tonic::Response<Replies>, tonic::Status> {
+        let name = request.into_inner().name;
+        let reply = |n: usize| {
+            Ok(HelloReply {
+                message: format!("hello #{n}, {name}"),
+                served_by: self.id.clone(),
+                grpc_timeout: String::new(),
+            })
+        };
+        let replies = if self.broken_streams.load(Ordering::Relaxed) {
+            vec![
+                reply(1),
+                Err(tonic::Status::unavailable(format!(
+                    "{} broke off the stream",
+                    self.id
+                ))),
+            ]
+        } else {
+            self.served.fetch_add(1, Ordering::Relaxed);
+            vec![reply(1), reply(2), reply(3)]
+        };
+        Ok(tonic::Response::new(Replies(replies.into())))
+    }
 }
 
 /// One greeter instance on its own thread and runtime, registered and heartbeating.
@@ -97,6 +143,8 @@ pub struct Server {
     pub served: Arc<AtomicU64>,
     /// While true, it answers every call with `UNAVAILABLE`.
     pub unavailable: Arc<AtomicBool>,
+    /// While true, its `SayHellos` streams fail after the first message.
+    pub broken_streams: Arc<AtomicBool>,
     heartbeat: Option<Heartbeat>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -111,10 +159,12 @@ impl Server {
         let addr = listener.local_addr()?;
         let served = Arc::new(AtomicU64::new(0));
         let unavailable = Arc::new(AtomicBool::new(false));
+        let broken_streams = Arc::new(AtomicBool::new(false));
         let hello = Hello {
             id: id.to_owned(),
             served: Arc::clone(&served),
             unavailable: Arc::clone(&unavailable),
+            broken_streams: Arc::clone(&broken_streams),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -144,6 +194,7 @@ impl Server {
             addr,
             served,
             unavailable,
+            broken_streams,
             heartbeat: Some(heartbeat),
             stop: Some(stop),
             thread: Some(thread),
@@ -217,6 +268,22 @@ pub async fn say_hello(
     });
     request.extensions_mut().insert(Idempotent);
     Ok(client.say_hello(request).await?.into_inner())
+}
+
+/// One `SayHellos` stream read to its end: the messages, or the status it failed with.
+pub async fn say_hellos(
+    client: &mut GreeterClient<GreeterChannel>,
+    name: &str,
+) -> Result<Vec<HelloReply>, tonic::Status> {
+    let request = tonic::Request::new(HelloRequest {
+        name: name.to_owned(),
+    });
+    let mut stream = client.say_hellos(request).await?.into_inner();
+    let mut replies = Vec::new();
+    while let Some(reply) = stream.message().await? {
+        replies.push(reply);
+    }
+    Ok(replies)
 }
 
 /// `clients` concurrent callers making `per_client` calls each; `kill` runs after `kill_after`

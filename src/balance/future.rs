@@ -23,6 +23,13 @@ use crate::{AllEjected, BoxError, NoEndpoints};
 /// counts the call as `cancelled` in `seawall_requests_total`; it is not fed to the load estimate.
 /// A call dropped by a seawall timeout layer because its time ran out is different: it counts
 /// as a failure of its endpoint, in the breaker, the load estimate and the metrics.
+///
+/// # Verdicts in the body
+///
+/// When the classifier finds the verdict is not in the response head
+/// ([`Classify::pending`](crate::classify::Classify::pending): a gRPC status in trailers), the
+/// call stays in flight until the body decides it, and is recorded then; a body dropped
+/// undecided counts the call as cancelled.
 #[pin_project(PinnedDrop, project = FutureProj)]
 pub struct ResponseFuture<K, S, P: Pick, C, Req>
 where
@@ -60,9 +67,37 @@ enum State<S: Service<Req>, Req> {
     Done,
 }
 
+/// A call whose response has arrived but whose verdict its body will decide: recorded by the
+/// balancer's verdict task when it settles.
+pub(crate) struct Deferred<K, S> {
+    verdict: crate::classify::PendingVerdict,
+    in_flight: InFlight<K, S>,
+    started: Instant,
+}
+
+impl<K, S> Deferred<K, S> {
+    pub(crate) fn verdict(&self) -> &crate::classify::PendingVerdict {
+        &self.verdict
+    }
+
+    /// Records the call if its verdict has settled; gives it back if not.
+    pub(crate) fn settle<P: Pick, C>(self, shared: &Shared<K, S, P, C>) -> Option<Self> {
+        use crate::classify::Settled;
+        match self.verdict.settled() {
+            None => Some(self),
+            Some(Settled::Decided(outcome, at)) => {
+                record_at(shared, self.in_flight, self.started, outcome, at);
+                None
+            }
+            // Dropping the in-flight guard counts the call as cancelled.
+            Some(Settled::Abandoned) => None,
+        }
+    }
+}
+
 /// One call counted against one endpoint (and holding its breaker's permit, if any);
 /// dropping it un-counts the call.
-struct InFlight<K, S> {
+pub(crate) struct InFlight<K, S> {
     endpoint: Arc<Endpoint<K, S>>,
     permit: Option<Permit>,
     finished: bool,
@@ -216,8 +251,25 @@ where
                 }
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx));
-                    let outcome = this.shared.classify.classify(result.as_ref());
-                    this.finish(outcome);
+                    let pending = match &result {
+                        Ok(response) => this.shared.classify.pending(response),
+                        Err(_) => None,
+                    };
+                    match (pending, this.in_flight.take()) {
+                        // The body decides: record the call when it ends.
+                        (Some(verdict), Some(in_flight)) => {
+                            this.shared.defer(Deferred {
+                                verdict,
+                                in_flight,
+                                started: *this.started,
+                            });
+                        }
+                        (_, in_flight) => {
+                            *this.in_flight = in_flight;
+                            let outcome = this.shared.classify.classify(result.as_ref());
+                            this.finish(outcome);
+                        }
+                    }
                     this.state.set(State::Done);
                     return Poll::Ready(result.map_err(Into::into));
                 }
@@ -262,35 +314,55 @@ where
 {
     /// Records the outcome and latency of a finished call and releases its in-flight count.
     fn finish(&mut self, outcome: Outcome) {
-        let Some(mut in_flight) = self.in_flight.take() else {
-            return;
-        };
-        in_flight.finished = true;
-        let endpoint = &in_flight.endpoint;
-        let now = Instant::now();
-        let latency = now.saturating_duration_since(*self.started);
-        let latency_ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        let now_ns = self.shared.nanos_since_epoch(now);
-        endpoint.release();
-        if let Some(permit) = in_flight.permit.take() {
-            endpoint.record_in_breaker(permit, Ending::Classified(outcome), latency_ns, now_ns);
+        if let Some(in_flight) = self.in_flight.take() {
+            record(self.shared, in_flight, *self.started, outcome);
         }
-        let metrics = &endpoint.metrics;
-        match outcome {
-            Outcome::Success => metrics.success.increment(1),
-            Outcome::Failure => metrics.failure.increment(1),
-            Outcome::Ignored => metrics.ignored.increment(1),
-        }
-        metrics.duration.record(latency.as_secs_f64());
-        self.shared.picker.observe(
-            endpoint,
-            Observation {
-                latency_ns,
-                outcome,
-                now_ns,
-            },
-        );
     }
+}
+
+/// Records the outcome and latency of a call that started at `started` and releases its
+/// in-flight count.
+fn record<K, S, P: Pick, C>(
+    shared: &Shared<K, S, P, C>,
+    in_flight: InFlight<K, S>,
+    started: Instant,
+    outcome: Outcome,
+) {
+    record_at(shared, in_flight, started, outcome, Instant::now());
+}
+
+/// [`record`] for a call that ended at `now`.
+fn record_at<K, S, P: Pick, C>(
+    shared: &Shared<K, S, P, C>,
+    mut in_flight: InFlight<K, S>,
+    started: Instant,
+    outcome: Outcome,
+    now: Instant,
+) {
+    in_flight.finished = true;
+    let endpoint = &in_flight.endpoint;
+    let latency = now.saturating_duration_since(started);
+    let latency_ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+    let now_ns = shared.nanos_since_epoch(now);
+    endpoint.release();
+    if let Some(permit) = in_flight.permit.take() {
+        endpoint.record_in_breaker(permit, Ending::Classified(outcome), latency_ns, now_ns);
+    }
+    let metrics = &endpoint.metrics;
+    match outcome {
+        Outcome::Success => metrics.success.increment(1),
+        Outcome::Failure => metrics.failure.increment(1),
+        Outcome::Ignored => metrics.ignored.increment(1),
+    }
+    metrics.duration.record(latency.as_secs_f64());
+    shared.picker.observe(
+        endpoint,
+        Observation {
+            latency_ns,
+            outcome,
+            now_ns,
+        },
+    );
 }
 
 #[pinned_drop]

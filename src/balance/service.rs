@@ -64,6 +64,9 @@ pub(crate) struct Shared<K, S, P: Pick, C> {
     pub(crate) wait_for_endpoints: Option<Duration>,
     pub(crate) ejection: Option<Ejection>,
     seeds: SeedSequence,
+    /// Calls whose verdict their response body will decide, and the wake-up for when one does.
+    deferred: std::sync::Mutex<Vec<super::future::Deferred<K, S>>>,
+    pub(crate) verdicts: Arc<tokio::sync::Notify>,
 }
 
 /// Figures from a balancer's per-endpoint breakers; see [`Balance::ejection_stats`].
@@ -94,6 +97,33 @@ impl Ejection {
 }
 
 impl<K, S, P: Pick, C> Shared<K, S, P, C> {
+    /// Keeps a call whose body will decide its verdict until it does.
+    pub(crate) fn defer(&self, deferred: super::future::Deferred<K, S>) {
+        let verdict = deferred.verdict().clone();
+        self.deferred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(deferred);
+        verdict.watch(Arc::clone(&self.verdicts));
+    }
+
+    /// Records every deferred call whose verdict has settled.
+    fn settle_deferred(&self) {
+        let pending = std::mem::take(
+            &mut *self
+                .deferred
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let unsettled: Vec<_> = pending.into_iter().filter_map(|d| d.settle(self)).collect();
+        if !unsettled.is_empty() {
+            self.deferred
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(unsettled);
+        }
+    }
+
     pub(crate) fn nanos_since_epoch(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
@@ -335,6 +365,21 @@ where
     }
 }
 
+/// The balancer's verdict task: records calls whose response bodies decided their verdict
+/// (gRPC trailers), each time one does; ends with the last `Balance`.
+async fn record_verdicts<K, S, P: Pick, C>(
+    shared: std::sync::Weak<Shared<K, S, P, C>>,
+    verdicts: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        verdicts.notified().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.settle_deferred();
+    }
+}
+
 /// Configures and builds a [`Balance`].
 pub struct Builder<D: Discover, P, C> {
     discover: D,
@@ -526,6 +571,8 @@ impl<D: Discover, P, C> Builder<D, P, C> {
             wait_for_endpoints: self.wait_for_endpoints,
             ejection,
             seeds: SeedSequence::new(self.seed),
+            deferred: std::sync::Mutex::new(Vec::new()),
+            verdicts: Arc::new(tokio::sync::Notify::new()),
         });
         let mut tasks = vec![runtime.spawn(worker::run(
             self.discover,
@@ -536,6 +583,10 @@ impl<D: Discover, P, C> Builder<D, P, C> {
         if let Some(check) = self.health_check {
             tasks.push(runtime.spawn(crate::health::run(Arc::downgrade(&shared), check)));
         }
+        tasks.push(runtime.spawn(record_verdicts(
+            Arc::downgrade(&shared),
+            Arc::clone(&shared.verdicts),
+        )));
         Ok(Balance {
             rng: PickRng::with_seed(shared.clone_seed()),
             shared,

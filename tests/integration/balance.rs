@@ -289,3 +289,74 @@ async fn weights_from_discovery_give_nginx_smooth_order() {
     let period = ["a", "a", "b", "a", "c", "a", "a"];
     assert_eq!(order, [period, period].concat());
 }
+
+/// A response whose verdict its body decides keeps its call in flight until the body ends;
+/// a failure in the trailers counts against the endpoint, a body dropped early is cancelled.
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn a_verdict_in_the_body_is_recorded_when_the_body_ends() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use seawall::balance::RoundRobin;
+    use seawall::breaker::{BreakerConfig, State, Window};
+    use seawall::classify::{GrpcStatus, GrpcTrailersBody, PendingVerdict};
+
+    let endpoint = tower::service_fn(|_: ()| async {
+        let verdict = PendingVerdict::new();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "14".parse().unwrap());
+        let body = Full::new(Bytes::from_static(b"message"))
+            .with_trailers(async move { Some(Ok(trailers)) });
+        let response = http::Response::builder()
+            .extension(verdict.clone())
+            .body(GrpcTrailersBody::new(body, verdict))
+            .unwrap();
+        Ok::<_, seawall::BoxError>(response)
+    });
+    let (tx, discover) = crate::support::channel();
+    tx.send(Ok(Change::Insert("only", endpoint))).unwrap();
+    let balance = Balance::builder(discover)
+        .picker(RoundRobin::new())
+        .classify(GrpcStatus)
+        .endpoint_breaker(
+            BreakerConfig::default()
+                .window(Window::Count { calls: 2 })
+                .minimum_calls(2)
+                .failure_rate(100.0),
+        )
+        .build()
+        .unwrap();
+    eventually("published", || balance.endpoints().len() == 1).await;
+    let in_flight = || {
+        balance
+            .endpoints()
+            .iter()
+            .map(|e| e.in_flight())
+            .sum::<usize>()
+    };
+    let state = || {
+        balance
+            .endpoints()
+            .iter()
+            .next()
+            .and_then(|e| e.breaker_state())
+    };
+
+    // Dropped before its end: cancelled, neither success nor failure.
+    let response = balance.clone().oneshot(()).await.unwrap();
+    assert_eq!(in_flight(), 1, "the head alone does not end the call");
+    drop(response);
+    eventually("released", || in_flight() == 0).await;
+
+    // Read to the end twice: UNAVAILABLE in the trailers, twice, opens the circuit.
+    for _ in 0..2 {
+        let response = balance.clone().oneshot(()).await.unwrap();
+        assert_eq!(state(), Some(State::Closed));
+        response.into_body().collect().await.unwrap();
+    }
+    eventually("the circuit opens on the trailers", || {
+        state() == Some(State::Open)
+    })
+    .await;
+    assert_eq!(in_flight(), 0);
+}

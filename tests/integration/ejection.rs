@@ -224,7 +224,10 @@ async fn nothing_runs_while_endpoints_are_ejected_and_no_request_arrives() {
             .num_alive_tasks(),
         tasks
     );
-    assert_eq!(tasks, 1, "only the discovery task exists");
+    assert_eq!(
+        tasks, 2,
+        "only the discovery task and the (idle) verdict task exist"
+    );
     // The ejected endpoint's trial is due, and the first call after the idle minute takes it.
     endpoints[1].set_failing(false);
     let before = endpoints[1].calls();

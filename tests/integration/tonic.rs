@@ -84,3 +84,53 @@ async fn unavailable_is_retried_elsewhere_and_trips_the_endpoint_breaker() {
     );
     assert_eq!(servers[0].served.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_fails_in_its_trailers_counts_against_its_instance() {
+    use crate::tonic_example::say_hellos;
+
+    let registry = Registry::new();
+    let servers = start(&registry);
+    let (mut client, balance) = client(&registry, Duration::from_secs(2)).unwrap();
+    // Every instance found, and a healthy stream from each first: trailers say OK.
+    crate::support::eventually("3 endpoints", || balance.endpoints().len() == 3).await;
+    for i in 0..3 {
+        let replies = say_hellos(&mut client, &format!("warm-up {i}"))
+            .await
+            .unwrap();
+        assert_eq!(replies.len(), 3);
+    }
+    assert_eq!(balance.ejection_stats().map(|s| s.ejected), Some(0));
+
+    // greeter-1 now sends one message and then UNAVAILABLE, in the trailers: the response
+    // head said nothing was wrong, so only the trailers can trip its breaker.
+    servers[0].broken_streams.store(true, Ordering::Relaxed);
+    let mut broken = 0;
+    for i in 0..30 {
+        match say_hellos(&mut client, &format!("caller {i}")).await {
+            Ok(replies) => {
+                assert_eq!(replies.len(), 3);
+                assert_ne!(replies[0].served_by, "greeter-1");
+            }
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                broken += 1;
+            }
+        }
+    }
+    // The breaker (at least 3 calls, 60 % failed) ejects greeter-1 after its second broken
+    // stream (its warm-up stream succeeded: 2 of 3); round robin does not reach it again.
+    assert_eq!(broken, 2, "greeter-1 was ejected after 2 broken streams");
+    assert_eq!(balance.ejection_stats().map(|s| s.ejected), Some(1));
+    // No call stays counted in flight once its stream ended (the balancer's verdict task
+    // records the last one moments after its trailers).
+    crate::support::eventually("every stream recorded", || {
+        balance
+            .endpoints()
+            .iter()
+            .map(|e| e.in_flight())
+            .sum::<usize>()
+            == 0
+    })
+    .await;
+}
