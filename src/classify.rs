@@ -248,7 +248,7 @@ impl<B, E> Classify<::http::Response<B>, E> for GrpcStatus {
         };
         let code = response
             .headers()
-            .get("grpc-status")
+            .get(&crate::http::headers::GRPC_STATUS)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u32>().ok());
         match code {
@@ -258,7 +258,11 @@ impl<B, E> Classify<::http::Response<B>, E> for GrpcStatus {
     }
 
     fn pending(&self, response: &::http::Response<B>) -> Option<PendingVerdict> {
-        if response.headers().contains_key("grpc-status") || !response.status().is_success() {
+        if response
+            .headers()
+            .contains_key(&crate::http::headers::GRPC_STATUS)
+            || !response.status().is_success()
+        {
             return None;
         }
         response.extensions().get::<PendingVerdict>().cloned()
@@ -331,7 +335,7 @@ impl<B: http_body::Body> http_body::Body for GrpcTrailersBody<B> {
             Some(Ok(frame)) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     let code = trailers
-                        .get("grpc-status")
+                        .get(&crate::http::headers::GRPC_STATUS)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<u32>().ok());
                     this.verdict

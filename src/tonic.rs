@@ -323,7 +323,10 @@ impl Future for GrpcResponseFuture {
             return Poll::Ready(Err(Box::new(NoChannel(*this.addr))));
         };
         let response = ready!(inner.poll(cx))?;
-        if response.headers().contains_key("grpc-status") {
+        if response
+            .headers()
+            .contains_key(&crate::http::headers::GRPC_STATUS)
+        {
             // Trailers-only: the head has the verdict.
             return Poll::Ready(Ok(response));
         }

@@ -7,6 +7,14 @@
 
 use std::time::{Duration, SystemTime};
 
+use http::HeaderName;
+
+// Header names parsed once: a lookup by `&str` parses the name on every call.
+pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(crate) static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+pub(crate) static GRPC_RETRY_PUSHBACK_MS: HeaderName =
+    HeaderName::from_static("grpc-retry-pushback-ms");
+
 /// The most digits a `grpc-timeout` value may have (gRPC's HTTP/2 protocol spec).
 const GRPC_TIMEOUT_DIGITS: usize = 8;
 const GRPC_TIMEOUT_MAX: u64 = 99_999_999;

@@ -350,9 +350,9 @@ where
 enum State {
     /// One or two attempts are in flight, in `first` and `second`.
     Calling,
+    /// Backing off before the next attempt (boxed: only retries pay for the timer's room).
     Waiting {
-        #[pin]
-        sleep: Sleep,
+        sleep: Pin<Box<Sleep>>,
     },
     Readying,
 }
@@ -373,12 +373,11 @@ where
     /// The attempt in flight; the older one when a hedge runs beside it.
     #[pin]
     first: Option<S::Future>,
-    /// A hedge in flight beside `first`.
-    #[pin]
-    second: Option<S::Future>,
+    /// A hedge in flight beside `first` (boxed, like the timers: a call that is neither
+    /// hedged nor retried does not carry their room, and moves less).
+    second: Option<Pin<Box<S::Future>>>,
     /// When to hedge the attempt in `first`; created on its first pending poll.
-    #[pin]
-    hedge: Option<Sleep>,
+    hedge: Option<Pin<Box<Sleep>>>,
     /// The current attempt was hedged already (or could not be).
     hedge_spent: bool,
     service: S,
@@ -442,7 +441,7 @@ where
                             this.policy.retries.add();
                             *this.attempts += 1;
                             this.state.set(State::Waiting {
-                                sleep: tokio::time::sleep(wait),
+                                sleep: Box::pin(tokio::time::sleep(wait)),
                             });
                         }
                         Err(reason) => {
@@ -466,7 +465,7 @@ where
                     }
                 }
                 StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
@@ -475,7 +474,7 @@ where
                     let service = &mut *this.service;
                     let future = attempt::with_avoided(this.tried, || service.call(request));
                     this.first.set(Some(future));
-                    this.hedge.set(None);
+                    *this.hedge = None;
                     *this.hedge_spent = false;
                     this.state.set(State::Calling);
                 }
@@ -501,15 +500,15 @@ where
             let result = result.map_err(Into::into);
             let (class, hint) = classify(&result);
             if class == RetryClass::Final || this.second.is_none() {
-                this.second.set(None);
+                *this.second = None;
                 return Poll::Ready((result, class, hint));
             }
             // Retryable, and the hedge is still running: it carries on alone.
         }
     }
-    if let Some(second) = this.second.as_mut().as_pin_mut() {
-        if let Poll::Ready(result) = second.poll(cx) {
-            this.second.set(None);
+    if let Some(second) = this.second.as_mut() {
+        if let Poll::Ready(result) = second.as_mut().poll(cx) {
+            *this.second = None;
             let result = result.map_err(Into::into);
             let (class, hint) = classify(&result);
             if class == RetryClass::Final || this.first.is_none() {
@@ -541,12 +540,12 @@ where
             *this.hedge_spent = true;
             return false;
         }
-        this.hedge.set(Some(tokio::time::sleep(delay)));
+        *this.hedge = Some(Box::pin(tokio::time::sleep(delay)));
     }
-    let Some(timer) = this.hedge.as_mut().as_pin_mut() else {
+    let Some(timer) = this.hedge.as_mut() else {
         return false;
     };
-    if timer.poll(cx).is_pending() {
+    if timer.as_mut().poll(cx).is_pending() {
         return false;
     }
     *this.hedge_spent = true;
@@ -573,7 +572,7 @@ where
     let request = this.template.clone();
     let service = &mut *this.service;
     let future = attempt::with_avoided(this.tried, || service.call(request));
-    this.second.set(Some(future));
+    *this.second = Some(Box::pin(future));
     *this.attempts += 1;
     this.policy.hedges.add();
 }
@@ -598,30 +597,40 @@ fn classify<RB>(result: &Result<Response<RB>, BoxError>) -> (RetryClass, ServerH
 }
 
 fn classify_response<RB>(response: &Response<RB>) -> (RetryClass, ServerHint) {
+    use crate::http::headers::{GRPC_RETRY_PUSHBACK_MS, GRPC_STATUS};
     let headers = response.headers();
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let text = |name: &http::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let retry_after =
+        || text(&http::header::RETRY_AFTER).and_then(|v| parse_retry_after(v, SystemTime::now()));
     let mut hint = ServerHint::default();
-    if let Some(pushback) = text("grpc-retry-pushback-ms") {
+    let class = match response.status().as_u16() {
+        502..=504 => {
+            hint.wait = retry_after();
+            RetryClass::Retryable
+        }
+        429 => match retry_after() {
+            Some(wait) => {
+                hint.wait = Some(wait);
+                RetryClass::Retryable
+            }
+            None => RetryClass::Final,
+        },
+        // The common case: nothing to look up but a trailers-only gRPC status.
+        _ if headers.is_empty() => RetryClass::Final,
+        // gRPC UNAVAILABLE (14) in a trailers-only response.
+        _ if text(&GRPC_STATUS) == Some("14") => RetryClass::Retryable,
+        _ => RetryClass::Final,
+    };
+    if class == RetryClass::Final {
+        return (class, hint);
+    }
+    // A server's pushback outranks its Retry-After.
+    if let Some(pushback) = text(&GRPC_RETRY_PUSHBACK_MS) {
         match parse_grpc_retry_pushback(pushback) {
             Pushback::RetryAfter(wait) => hint.wait = Some(wait),
             Pushback::DontRetry => hint.dont_retry = true,
         }
     }
-    let status = response.status().as_u16();
-    let retry_after = text("retry-after").and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let class = match status {
-        502..=504 => {
-            hint.wait = hint.wait.or(retry_after);
-            RetryClass::Retryable
-        }
-        429 if retry_after.is_some() => {
-            hint.wait = retry_after;
-            RetryClass::Retryable
-        }
-        // gRPC UNAVAILABLE (14) in a trailers-only response.
-        _ if text("grpc-status") == Some("14") => RetryClass::Retryable,
-        _ => RetryClass::Final,
-    };
     (class, hint)
 }
 

@@ -76,7 +76,11 @@ impl<B> TimeoutRequest for ::http::Request<B> {
     }
 
     fn incoming_timeout(&self) -> Option<Duration> {
-        let value = self.headers().get("grpc-timeout")?.to_str().ok()?;
+        let value = self
+            .headers()
+            .get(&crate::http::headers::GRPC_TIMEOUT)?
+            .to_str()
+            .ok()?;
         crate::http::headers::parse_grpc_timeout(value)
     }
 
@@ -90,7 +94,8 @@ impl<B> TimeoutRequest for ::http::Request<B> {
         if is_grpc {
             let value = crate::http::headers::format_grpc_timeout(timeout);
             if let Ok(value) = HeaderValue::from_str(&value) {
-                self.headers_mut().insert("grpc-timeout", value);
+                self.headers_mut()
+                    .insert(crate::http::headers::GRPC_TIMEOUT.clone(), value);
             }
         }
         if let Some(header) = header {
