@@ -323,7 +323,20 @@ where
             parts,
             ReplayBody::with_cap(body, self.policy.config.replay_cap),
         );
-        let template = request.clone();
+        // The template for retries. Its deadline is kept beside it rather than in a copy of
+        // the extensions when it is their only entry (the usual case under a DeadlineLayer):
+        // copying an extensions map costs three allocations on every call, retried or not.
+        let deadline = request.extensions().get::<Deadline>().copied();
+        let template = if deadline.is_some() && request.extensions().len() == 1 {
+            let mut template = Request::new(request.body().clone());
+            *template.method_mut() = request.method().clone();
+            *template.uri_mut() = request.uri().clone();
+            *template.version_mut() = request.version();
+            *template.headers_mut() = request.headers().clone();
+            template
+        } else {
+            request.clone()
+        };
         let mut tried = Vec::new();
         // The ready service makes this call; a clone makes the retries (tower's pattern).
         let clone = self.inner.clone();
@@ -337,6 +350,7 @@ where
             hedge_spent: false,
             service: ready,
             template,
+            deadline,
             tried,
             attempts: 1,
             idempotent,
@@ -382,6 +396,8 @@ where
     hedge_spent: bool,
     service: S,
     template: Request<ReplayBody<B>>,
+    /// The request's deadline, put back into every retry's extensions.
+    deadline: Option<Deadline>,
     tried: Vec<usize>,
     attempts: u32,
     idempotent: bool,
@@ -429,11 +445,7 @@ where
                         hint,
                         max_server_wait: config.max_server_wait,
                         backoff,
-                        deadline_left: this
-                            .template
-                            .extensions()
-                            .get::<Deadline>()
-                            .map(Deadline::remaining),
+                        deadline_left: this.deadline.map(|d| d.remaining()),
                         replayable: this.template.body().is_replayable(),
                     };
                     match decide(situation, || this.policy.budget.try_withdraw()) {
@@ -470,7 +482,7 @@ where
                 }
                 StateProj::Readying => {
                     ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
-                    let request = this.template.clone();
+                    let request = next_attempt(this.template, *this.deadline);
                     let service = &mut *this.service;
                     let future = attempt::with_avoided(this.tried, || service.call(request));
                     this.first.set(Some(future));
@@ -481,6 +493,20 @@ where
             }
         }
     }
+}
+
+/// The request for a retry or a hedge: the template, with the deadline in its extensions.
+fn next_attempt<B>(
+    template: &Request<ReplayBody<B>>,
+    deadline: Option<Deadline>,
+) -> Request<ReplayBody<B>> {
+    let mut request = template.clone();
+    if let Some(deadline) = deadline {
+        if request.extensions().get::<Deadline>().is_none() {
+            request.extensions_mut().insert(deadline);
+        }
+    }
+    request
 }
 
 /// What an attempt ended with, sorted (classified once per answer).
@@ -549,11 +575,7 @@ where
         return false;
     }
     *this.hedge_spent = true;
-    let time_left = this
-        .template
-        .extensions()
-        .get::<Deadline>()
-        .is_none_or(|d| !d.remaining().is_zero());
+    let time_left = this.deadline.is_none_or(|d| !d.remaining().is_zero());
     if *this.attempts >= this.policy.config.max_attempts || !time_left {
         return false;
     }
@@ -569,7 +591,7 @@ fn send_hedge<S, B>(this: &mut RetryProj<'_, S, B>)
 where
     S: Service<Request<ReplayBody<B>>>,
 {
-    let request = this.template.clone();
+    let request = next_attempt(this.template, *this.deadline);
     let service = &mut *this.service;
     let future = attempt::with_avoided(this.tried, || service.call(request));
     *this.second = Some(Box::pin(future));
