@@ -403,21 +403,8 @@ impl Poller {
             .into_iter()
             .map(|i| (i.id().to_owned(), i))
             .collect();
-        let gone: Vec<String> = self
-            .known
-            .keys()
-            .filter(|id| !fresh.contains_key(*id))
-            .cloned()
-            .collect();
-        for id in gone {
-            self.known.remove(&id);
-            self.tx.send(Change::Remove(id)).map_err(|_| ())?;
-        }
-        for (id, instance) in fresh {
-            if self.known.get(&id) != Some(&instance) {
-                self.known.insert(id.clone(), instance.clone());
-                self.tx.send(Change::Insert(id, instance)).map_err(|_| ())?;
-            }
+        for change in super::diff::changes(&mut self.known, fresh) {
+            self.tx.send(change).map_err(|_| ())?;
         }
         Ok(())
     }

@@ -461,21 +461,8 @@ impl Mirror {
                 listed.insert(instance.id().to_owned(), instance);
             }
         }
-        let gone: Vec<String> = self
-            .known
-            .keys()
-            .filter(|id| !listed.contains_key(*id))
-            .cloned()
-            .collect();
-        for id in gone {
-            self.known.remove(&id);
-            self.send(Change::Remove(id))?;
-        }
-        for (id, instance) in listed {
-            if self.known.get(&id) != Some(&instance) {
-                self.known.insert(id.clone(), instance.clone());
-                self.send(Change::Insert(id, instance))?;
-            }
+        for change in super::diff::changes(&mut self.known, listed) {
+            self.send(change)?;
         }
         let revision = response.header().map_or(0, |h| h.revision());
         self.revision = Some(revision);

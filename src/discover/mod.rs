@@ -12,6 +12,7 @@
 //! Sources yield [`Instance`]s or plain values; [`DiscoverExt::map_service`] turns each
 //! discovered value into the service the balancer calls.
 
+mod diff;
 #[cfg(feature = "dns")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
 pub mod dns;

@@ -105,18 +105,8 @@ where
 {
     fn diff(&mut self, answer: impl IntoIterator<Item = (K, V)>) {
         let next: HashMap<K, V> = answer.into_iter().collect();
-        for (key, value) in &next {
-            if self.last.get(key) != Some(value) {
-                self.pending
-                    .push_back(Change::Insert(key.clone(), value.clone()));
-            }
-        }
-        for key in self.last.keys() {
-            if !next.contains_key(key) {
-                self.pending.push_back(Change::Remove(key.clone()));
-            }
-        }
-        self.last = next;
+        self.pending
+            .extend(super::diff::changes(&mut self.last, next));
     }
 }
 

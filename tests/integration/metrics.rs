@@ -66,6 +66,22 @@ fn value<'a>(all: &'a [Series], name: &str, labels: &[(&str, &str)]) -> Option<&
         .map(|(.., v)| v)
 }
 
+/// A counter's value; panics (naming it) when it is missing or of another kind.
+fn counter(all: &[Series], name: &str, labels: &[(&str, &str)]) -> u64 {
+    match value(all, name, labels) {
+        Some(DebugValue::Counter(n)) => *n,
+        other => panic!("{name} {labels:?}: {other:?}"),
+    }
+}
+
+/// A gauge's value; panics (naming it) when it is missing or of another kind.
+fn gauge(all: &[Series], name: &str, labels: &[(&str, &str)]) -> f64 {
+    match value(all, name, labels) {
+        Some(DebugValue::Gauge(g)) => g.into_inner(),
+        other => panic!("{name} {labels:?}: {other:?}"),
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_balancer_emits_the_documented_series() {
     let _exclusive = RECORDER_IN_USE.lock().await;
@@ -90,14 +106,8 @@ async fn a_balancer_emits_the_documented_series() {
     tokio::time::sleep(Duration::from_millis(1)).await;
 
     let all = series("metrics-test");
-    let counter = |name, labels: &[(&str, &str)]| match value(&all, name, labels) {
-        Some(DebugValue::Counter(n)) => *n,
-        other => panic!("{name} {labels:?}: {other:?}"),
-    };
-    let gauge = |name, labels: &[(&str, &str)]| match value(&all, name, labels) {
-        Some(DebugValue::Gauge(g)) => g.into_inner(),
-        other => panic!("{name} {labels:?}: {other:?}"),
-    };
+    let counter = |name, labels: &[(&str, &str)]| counter(&all, name, labels);
+    let gauge = |name, labels: &[(&str, &str)]| gauge(&all, name, labels);
     assert_eq!(counter("seawall_no_endpoints_total", &[]), 1);
     assert_eq!(
         counter(
@@ -193,10 +203,7 @@ async fn breakers_emit_state_transitions_rejections_and_ejections() {
         let _ = balance.clone().oneshot(()).await;
     }
     let all = series("metrics-eject");
-    let gauge = |name, labels: &[(&str, &str)]| match value(&all, name, labels) {
-        Some(DebugValue::Gauge(g)) => g.into_inner(),
-        other => panic!("{name} {labels:?}: {other:?}"),
-    };
+    let gauge = |name, labels: &[(&str, &str)]| gauge(&all, name, labels);
     assert_eq!(gauge("seawall_endpoints", &[("state", "ejected")]), 1.0);
     assert_eq!(gauge("seawall_breaker_state", &[("endpoint", "bad")]), 1.0);
     assert_eq!(gauge("seawall_breaker_state", &[("endpoint", "good")]), 0.0);
@@ -287,14 +294,8 @@ async fn a_scripted_outage_emits_retry_breaker_and_ejection_series() {
     }
 
     let all = series("metrics-story");
-    let counter = |name, labels: &[(&str, &str)]| match value(&all, name, labels) {
-        Some(DebugValue::Counter(n)) => *n,
-        other => panic!("{name} {labels:?}: {other:?}"),
-    };
-    let gauge = |name, labels: &[(&str, &str)]| match value(&all, name, labels) {
-        Some(DebugValue::Gauge(g)) => g.into_inner(),
-        other => panic!("{name} {labels:?}: {other:?}"),
-    };
+    let counter = |name, labels: &[(&str, &str)]| counter(&all, name, labels);
+    let gauge = |name, labels: &[(&str, &str)]| gauge(&all, name, labels);
     // Three 503s open api-1's circuit (minimum 3 calls, 60 %); each was retried on api-2.
     assert_eq!(counter("seawall_retries_total", &[]), 3);
     assert_eq!(
