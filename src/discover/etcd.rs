@@ -697,6 +697,15 @@ impl Keeper {
         }
     }
 
+    /// Writes the key again under a new lease, after the old one expired.
+    async fn register_again(&self, client: &mut Client) -> Result<(), EtcdError> {
+        tracing::info!(key = %self.key, "etcd registration: lease expired; registering again");
+        let lease =
+            put_with_lease(client, &self.config, &self.key, &self.value, self.ttl_secs).await?;
+        self.lease.store(lease as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Keeps the current lease alive until something fails; re-registers under a new lease if
     /// the old one expired.
     async fn keep_alive(
@@ -707,10 +716,16 @@ impl Keeper {
         let every = Duration::from_millis((self.ttl_secs as u64 * 1000 / 3).max(100));
         loop {
             let lease = self.lease.load(Ordering::Relaxed) as i64;
-            let (mut keeper, mut responses) = client
-                .lease_keep_alive(lease)
-                .await
-                .map_err(|e| EtcdError::new(Op::KeepAlive, &self.config.endpoints, e))?;
+            let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
+                Ok(pair) => pair,
+                // etcd-client's answer when etcd no longer knows the lease (it expired while
+                // we could not reach etcd): register afresh.
+                Err(etcd_client::Error::LeaseKeepAliveError(_)) => {
+                    self.register_again(client).await?;
+                    continue;
+                }
+                Err(e) => return Err(EtcdError::new(Op::KeepAlive, &self.config.endpoints, e)),
+            };
             loop {
                 keeper
                     .keep_alive()
@@ -730,11 +745,7 @@ impl Keeper {
                 backoff.reset();
                 if response.ttl() <= 0 {
                     // The lease expired while etcd was out of reach: register afresh.
-                    tracing::info!(key = %self.key, "etcd registration: lease expired; registering again");
-                    let lease =
-                        put_with_lease(client, &self.config, &self.key, &self.value, self.ttl_secs)
-                            .await?;
-                    self.lease.store(lease as u64, Ordering::Relaxed);
+                    self.register_again(client).await?;
                     break;
                 }
                 tokio::time::sleep(every).await;

@@ -383,3 +383,53 @@ async fn the_example_cluster_registers_and_discovers_through_etcd() {
     let listed = client.get("/services/users/users-2", None).await.unwrap();
     assert_eq!(listed.kvs()[0].value_str().unwrap(), addr.to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_comes_back_after_its_lease_expired_in_an_outage() {
+    let Some(mut etcd) = Etcd::start("outage").await else {
+        return;
+    };
+    let config = config(&etcd);
+    let one = Instance::new("users-1", addr(9001));
+    let _registration = EtcdRegistration::register(&config, "users", &one, Duration::from_secs(2))
+        .await
+        .unwrap();
+
+    // etcd serves where the instance cannot reach it for longer than the lease's TTL: the
+    // lease expires and the key goes.
+    etcd.stop();
+    let port = etcd.client_port;
+    let elsewhere = free_port();
+    etcd.run_on(elsewhere).await;
+    let mut other = Client::connect([format!("http://127.0.0.1:{elsewhere}")], None)
+        .await
+        .unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        let listed = other.get("/services/users/users-1", None).await.unwrap();
+        if listed.kvs().is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gone,
+        "the lease expired while its keep-alives could not reach etcd"
+    );
+    drop(other);
+    etcd.stop();
+    etcd.run_on(port).await;
+
+    // Back where the instance can reach it: its keeper finds the lease gone and registers
+    // again under a new one.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut client = etcd.client().await;
+    let listed = client.get("/services/users/users-1", None).await.unwrap();
+    assert_eq!(
+        listed.kvs().len(),
+        1,
+        "the registration came back after the outage"
+    );
+    assert_eq!(listed.kvs()[0].value_str().unwrap(), "127.0.0.1:9001");
+}
