@@ -91,8 +91,8 @@ pub struct PendingVerdict(Arc<Mutex<Verdict>>);
 #[derive(Default)]
 struct Verdict {
     settled: Option<Settled>,
-    /// Woken when the verdict settles: the balancer's recorder.
-    watcher: Option<Arc<tokio::sync::Notify>>,
+    /// Told this call's number when the verdict settles: the balancer's recorder.
+    watcher: Option<(tokio::sync::mpsc::UnboundedSender<u64>, u64)>,
 }
 
 /// How a pending verdict ended.
@@ -133,8 +133,8 @@ impl PendingVerdict {
         let mut verdict = self.lock();
         if verdict.settled.is_none() {
             verdict.settled = Some(settled);
-            if let Some(watcher) = &verdict.watcher {
-                watcher.notify_one();
+            if let Some((watcher, call)) = &verdict.watcher {
+                let _ = watcher.send(*call);
             }
         }
     }
@@ -144,13 +144,14 @@ impl PendingVerdict {
         self.lock().settled
     }
 
-    /// Wakes `watcher` when the verdict settles (at once if it has).
-    pub(crate) fn watch(&self, watcher: Arc<tokio::sync::Notify>) {
+    /// Sends `call` to `watcher` when the verdict settles (at once if it has).
+    pub(crate) fn watch(&self, watcher: tokio::sync::mpsc::UnboundedSender<u64>, call: u64) {
         let mut verdict = self.lock();
         if verdict.settled.is_some() {
-            watcher.notify_one();
+            let _ = watcher.send(call);
+        } else {
+            verdict.watcher = Some((watcher, call));
         }
-        verdict.watcher = Some(watcher);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Verdict> {
@@ -420,23 +421,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_verdict_wakes_its_watcher_whichever_comes_first() {
-        let watcher = Arc::new(tokio::sync::Notify::new());
+    async fn a_verdict_tells_its_watcher_once_whichever_comes_first() {
+        let (watcher, mut told) = tokio::sync::mpsc::unbounded_channel();
         // Watched first, decided later.
         let verdict = PendingVerdict::new();
-        verdict.watch(Arc::clone(&watcher));
+        verdict.watch(watcher.clone(), 7);
+        assert!(told.try_recv().is_err());
         verdict.decide(Outcome::Failure);
-        watcher.notified().await;
+        verdict.decide(Outcome::Success);
+        assert_eq!(told.try_recv().ok(), Some(7));
+        assert!(told.try_recv().is_err(), "told once");
         assert!(matches!(
             verdict.settled(),
             Some(Settled::Decided(Outcome::Failure, _))
         ));
-        // Abandoned first, watched later: woken at once; a later decision changes nothing.
+        // Abandoned first, watched later: told at once; a later decision changes nothing.
         let verdict = PendingVerdict::new();
         verdict.abandon();
         verdict.decide(Outcome::Success);
-        verdict.watch(Arc::clone(&watcher));
-        watcher.notified().await;
+        verdict.watch(watcher, 8);
+        assert_eq!(told.try_recv().ok(), Some(8));
         assert_eq!(verdict.settled(), Some(Settled::Abandoned));
         assert_eq!(verdict.decided(), None);
     }

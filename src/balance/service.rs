@@ -64,9 +64,11 @@ pub(crate) struct Shared<K, S, P: Pick, C> {
     pub(crate) wait_for_endpoints: Option<Duration>,
     pub(crate) ejection: Option<Ejection>,
     seeds: SeedSequence,
-    /// Calls whose verdict their response body will decide, and the wake-up for when one does.
-    deferred: std::sync::Mutex<Vec<super::future::Deferred<K, S>>>,
-    pub(crate) verdicts: Arc<tokio::sync::Notify>,
+    /// Calls whose verdict their response body will decide, by number; the verdict task is
+    /// told each number as its verdict settles.
+    deferred: std::sync::Mutex<std::collections::HashMap<u64, super::future::Deferred<K, S>>>,
+    next_deferred: std::sync::atomic::AtomicU64,
+    verdicts: tokio::sync::mpsc::UnboundedSender<u64>,
 }
 
 /// Figures from a balancer's per-endpoint breakers; see [`Balance::ejection_stats`].
@@ -99,29 +101,31 @@ impl Ejection {
 impl<K, S, P: Pick, C> Shared<K, S, P, C> {
     /// Keeps a call whose body will decide its verdict until it does.
     pub(crate) fn defer(&self, deferred: super::future::Deferred<K, S>) {
+        let call = self
+            .next_deferred
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let verdict = deferred.verdict().clone();
+        self.lock_deferred().insert(call, deferred);
+        verdict.watch(self.verdicts.clone(), call);
+    }
+
+    /// Records deferred call `call`, whose verdict has settled.
+    fn settle_deferred(&self, call: u64) {
+        let Some(deferred) = self.lock_deferred().remove(&call) else {
+            return;
+        };
+        if let Some(unsettled) = deferred.settle(self) {
+            self.lock_deferred().insert(call, unsettled);
+        }
+    }
+
+    fn lock_deferred(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, super::future::Deferred<K, S>>>
+    {
         self.deferred
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(deferred);
-        verdict.watch(Arc::clone(&self.verdicts));
-    }
-
-    /// Records every deferred call whose verdict has settled.
-    fn settle_deferred(&self) {
-        let pending = std::mem::take(
-            &mut *self
-                .deferred
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        let unsettled: Vec<_> = pending.into_iter().filter_map(|d| d.settle(self)).collect();
-        if !unsettled.is_empty() {
-            self.deferred
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .extend(unsettled);
-        }
     }
 
     pub(crate) fn nanos_since_epoch(&self, now: Instant) -> u64 {
@@ -369,14 +373,13 @@ where
 /// (gRPC trailers), each time one does; ends with the last `Balance`.
 async fn record_verdicts<K, S, P: Pick, C>(
     shared: std::sync::Weak<Shared<K, S, P, C>>,
-    verdicts: Arc<tokio::sync::Notify>,
+    mut settled: tokio::sync::mpsc::UnboundedReceiver<u64>,
 ) {
-    loop {
-        verdicts.notified().await;
+    while let Some(call) = settled.recv().await {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        shared.settle_deferred();
+        shared.settle_deferred(call);
     }
 }
 
@@ -556,6 +559,7 @@ impl<D: Discover, P, C> Builder<D, P, C> {
         };
         let empty = EndpointSet::empty();
         let schedule = self.picker.schedule(&empty);
+        let (settled_tx, settled_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 generation: 0,
@@ -571,8 +575,9 @@ impl<D: Discover, P, C> Builder<D, P, C> {
             wait_for_endpoints: self.wait_for_endpoints,
             ejection,
             seeds: SeedSequence::new(self.seed),
-            deferred: std::sync::Mutex::new(Vec::new()),
-            verdicts: Arc::new(tokio::sync::Notify::new()),
+            deferred: std::sync::Mutex::new(std::collections::HashMap::new()),
+            next_deferred: std::sync::atomic::AtomicU64::new(0),
+            verdicts: settled_tx,
         });
         let mut tasks = vec![runtime.spawn(worker::run(
             self.discover,
@@ -583,10 +588,7 @@ impl<D: Discover, P, C> Builder<D, P, C> {
         if let Some(check) = self.health_check {
             tasks.push(runtime.spawn(crate::health::run(Arc::downgrade(&shared), check)));
         }
-        tasks.push(runtime.spawn(record_verdicts(
-            Arc::downgrade(&shared),
-            Arc::clone(&shared.verdicts),
-        )));
+        tasks.push(runtime.spawn(record_verdicts(Arc::downgrade(&shared), settled_rx)));
         Ok(Balance {
             rng: PickRng::with_seed(shared.clone_seed()),
             shared,
