@@ -67,8 +67,8 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `http` | yes | [`http::HttpEndpoints`]: `Balance` endpoints over one shared hyper-util client; HTTP status classification |
+//! | `serde` | yes | [`mod@config`]: `Deserialize` for every configuration (TOML, YAML, JSON), durations like `"250ms"`, errors that name the field |
 //! | `axum` | no | `seawall::axum`: seawall errors as axum responses, a `HandleErrorLayer` handler |
-//! | `serde` | no | [`mod@config`]: `Deserialize` for every configuration (TOML, YAML, JSON), durations like `"250ms"`, errors that name the field |
 //! | `dns` | no | [`discover::dns`]: A/AAAA and SRV discovery (hickory-resolver), looked up again at the records' TTL within bounds |
 //! | `etcd` | no | [`discover::etcd`]: discovery from an etcd key prefix (list, watch, reconnect, re-list after compaction) and lease-based registration; building it needs protoc |
 //! | `tonic` | no | `seawall::tonic`: balance over one tonic `Channel` per instance, errors as `tonic::Status` |
