@@ -149,6 +149,11 @@ async fn next(watch: &mut EtcdWatch) -> Change<String, Instance> {
     }
 }
 
+/// Writes `key = value` through `client`.
+async fn put(client: &mut Client, key: &str, value: &str) {
+    client.put(key, value, None).await.unwrap();
+}
+
 fn describe(change: &Change<String, Instance>) -> String {
     match change {
         Change::Insert(id, instance) => {
@@ -217,19 +222,10 @@ async fn a_watch_reconnects_when_etcd_restarts_and_misses_nothing() {
     };
     let config = config(&etcd);
     let mut client = etcd.client().await;
-    client
-        .put("/services/users/users-1", "127.0.0.1:9001", None)
-        .await
-        .unwrap();
+    put(&mut client, "/services/users/users-1", "127.0.0.1:9001").await;
     // A junk value is skipped, a key of another service ignored.
-    client
-        .put("/services/users/users-bad", "not an address", None)
-        .await
-        .unwrap();
-    client
-        .put("/services/usersx/users-9", "127.0.0.1:9009", None)
-        .await
-        .unwrap();
+    put(&mut client, "/services/users/users-bad", "not an address").await;
+    put(&mut client, "/services/usersx/users-9", "127.0.0.1:9009").await;
     let mut watch = EtcdWatch::new(&config, "users").unwrap();
     assert_eq!(describe(&next(&mut watch).await), "+users-1@9001w1");
 
@@ -239,10 +235,12 @@ async fn a_watch_reconnects_when_etcd_restarts_and_misses_nothing() {
     etcd.run_on(port).await;
 
     let mut client = etcd.client().await;
-    client
-        .put("/services/users/users-2", "127.0.0.1:9002;weight=4", None)
-        .await
-        .unwrap();
+    put(
+        &mut client,
+        "/services/users/users-2",
+        "127.0.0.1:9002;weight=4",
+    )
+    .await;
     assert_eq!(describe(&next(&mut watch).await), "+users-2@9002w4");
     client
         .delete("/services/users/users-1", None)
@@ -265,14 +263,8 @@ async fn after_a_compaction_the_watch_lists_again_and_emits_only_the_difference(
     };
     let config = config(&etcd);
     let mut client = etcd.client().await;
-    client
-        .put("/services/users/users-1", "127.0.0.1:9001", None)
-        .await
-        .unwrap();
-    client
-        .put("/services/users/users-2", "127.0.0.1:9002", None)
-        .await
-        .unwrap();
+    put(&mut client, "/services/users/users-1", "127.0.0.1:9001").await;
+    put(&mut client, "/services/users/users-2", "127.0.0.1:9002").await;
     let mut watch = EtcdWatch::new(&config, "users").unwrap();
     let mut first = vec![
         describe(&next(&mut watch).await),
@@ -291,10 +283,7 @@ async fn after_a_compaction_the_watch_lists_again_and_emits_only_the_difference(
         .await
         .unwrap();
     other.delete("/services/users/users-1", None).await.unwrap();
-    other
-        .put("/services/users/users-3", "127.0.0.1:9003", None)
-        .await
-        .unwrap();
+    put(&mut other, "/services/users/users-3", "127.0.0.1:9003").await;
     let put = other
         .put(
             "/services/users/users-2",
