@@ -56,7 +56,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::balance::PickerKind;
 use crate::breaker::{BreakerConfig, Mode, Window};
-use crate::retry::{Backoff, BudgetConfig, RetryConfig};
+#[cfg(feature = "http")]
+use crate::retry::RetryConfig;
+use crate::retry::{Backoff, BudgetConfig};
 
 /// A duration string could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,6 +342,7 @@ impl<'de> Deserialize<'de> for BreakerConfig {
 // ---------------------------------------------------------------------------------------------
 // Retries
 
+#[cfg(feature = "http")]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RetryFile {
@@ -416,6 +419,7 @@ impl BudgetFile {
     }
 }
 
+#[cfg(feature = "http")]
 impl RetryFile {
     fn into_config(self) -> Result<RetryConfig, Invalid> {
         let mut config = RetryConfig::default();
@@ -455,6 +459,7 @@ impl RetryFile {
     }
 }
 
+#[cfg(feature = "http")]
 impl<'de> Deserialize<'de> for RetryConfig {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         RetryFile::deserialize(deserializer)?
@@ -507,6 +512,8 @@ impl<'de> Deserialize<'de> for PickerKind {
 /// }"#).unwrap();
 /// assert_eq!(config.deadline, Some(Duration::from_secs(2)));
 /// ```
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {

@@ -15,7 +15,7 @@ mod breaker;
 mod churn;
 #[cfg(feature = "http")]
 mod cluster;
-#[cfg(feature = "serde")]
+#[cfg(all(feature = "serde", feature = "http"))]
 mod config;
 #[cfg(feature = "dns")]
 mod dns;
