@@ -11,8 +11,9 @@
 //! * when etcd goes away it **reconnects with backoff** (100 ms doubling to 5 s, ±50 % jitter,
 //!   by default) and resumes the watch from the last revision it applied, so changes made while
 //!   it was away are not lost;
-//! * when that revision has been **compacted** away, it lists again and emits only the
-//!   difference to what the balancer already has;
+//! * when that revision has been **compacted** away, or the store is behind it (etcd restored
+//!   from a backup or replaced by an empty one), it lists again and emits only the difference
+//!   to what the balancer already has;
 //! * it never ends and never yields an error: failures are logged, counted
 //!   (`seawall_discovery_errors_total{source="etcd:<service>"}` and [`EtcdWatch::errors`]) and
 //!   the last known set stays in place, so an etcd outage does not empty the balancer;
@@ -315,7 +316,8 @@ impl EtcdWatch {
         self.stats.errors.load(Ordering::Relaxed)
     }
 
-    /// Lists after the first one: each follows a compaction of the revision to resume from.
+    /// Lists after the first one: each follows a compaction of the revision to resume from, or
+    /// a store found behind it.
     pub fn relists(&self) -> u64 {
         self.stats.relists.load(Ordering::Relaxed)
     }
@@ -424,6 +426,15 @@ impl Mirror {
                 backoff.reset();
                 if response.compact_revision() > 0 {
                     tracing::info!(prefix = %self.prefix, compacted = response.compact_revision(), "etcd discovery: resume revision compacted; listing again");
+                    self.stats.relists.fetch_add(1, Ordering::Relaxed);
+                    self.revision = None;
+                    break;
+                }
+                // A store behind the revision we applied was restored or replaced (its data
+                // lost): what we know may be gone from it, so list again.
+                let store = response.header().map_or(i64::MAX, |h| h.revision());
+                if self.revision.is_some_and(|applied| store < applied) {
+                    tracing::warn!(prefix = %self.prefix, store, applied = ?self.revision, "etcd discovery: the store is behind what was applied (restored or replaced?); listing again");
                     self.stats.relists.fetch_add(1, Ordering::Relaxed);
                     self.revision = None;
                     break;

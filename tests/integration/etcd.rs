@@ -422,3 +422,37 @@ async fn a_registration_comes_back_after_its_lease_expired_in_an_outage() {
     );
     assert_eq!(listed.kvs()[0].value_str().unwrap(), "127.0.0.1:9001");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_that_lost_its_data_is_listed_again() {
+    let Some(mut etcd) = Etcd::start("wiped").await else {
+        return;
+    };
+    let config = config(&etcd);
+    let mut client = etcd.client().await;
+    put(&mut client, "/services/users/users-1", "127.0.0.1:9001").await;
+    put(&mut client, "/services/users/users-2", "127.0.0.1:9002").await;
+    let mut watch = EtcdWatch::new(&config, "users").unwrap();
+    let mut first = vec![
+        describe(&next(&mut watch).await),
+        describe(&next(&mut watch).await),
+    ];
+    first.sort();
+    assert_eq!(first, ["+users-1@9001w1", "+users-2@9002w1"]);
+
+    // The same etcd comes back empty (its data directory lost), and gets one new key.
+    etcd.stop();
+    std::fs::remove_dir_all(&etcd.dir).unwrap();
+    let port = etcd.client_port;
+    etcd.run_on(port).await;
+    let mut client = etcd.client().await;
+    put(&mut client, "/services/users/users-9", "127.0.0.1:9009").await;
+
+    let mut changes = Vec::new();
+    for _ in 0..3 {
+        changes.push(describe(&next(&mut watch).await));
+    }
+    changes.sort();
+    assert_eq!(changes, ["+users-9@9009w1", "-users-1", "-users-2"]);
+    assert_eq!(watch.relists(), 1);
+}
