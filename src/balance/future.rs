@@ -80,17 +80,12 @@ impl<K, S> Deferred<K, S> {
         &self.verdict
     }
 
-    /// Records the call if its verdict has settled; gives it back if not.
-    pub(crate) fn settle<P: Pick, C>(self, shared: &Shared<K, S, P, C>) -> Option<Self> {
-        use crate::classify::Settled;
-        match self.verdict.settled() {
-            None => Some(self),
-            Some(Settled::Decided(outcome, at)) => {
-                record_at(shared, self.in_flight, self.started, outcome, at);
-                None
-            }
-            // Dropping the in-flight guard counts the call as cancelled.
-            Some(Settled::Abandoned) => None,
+    /// Records the call, whose verdict has settled (the verdict task is told of a call only
+    /// once its verdict is set). An abandoned verdict drops the in-flight guard, which counts
+    /// the call as cancelled.
+    pub(crate) fn settle<P: Pick, C>(self, shared: &Shared<K, S, P, C>) {
+        if let Some(crate::classify::Settled::Decided(outcome, at)) = self.verdict.settled() {
+            record_at(shared, self.in_flight, self.started, outcome, at);
         }
     }
 }

@@ -111,11 +111,9 @@ impl<K, S, P: Pick, C> Shared<K, S, P, C> {
 
     /// Records deferred call `call`, whose verdict has settled.
     fn settle_deferred(&self, call: u64) {
-        let Some(deferred) = self.lock_deferred().remove(&call) else {
-            return;
-        };
-        if let Some(unsettled) = deferred.settle(self) {
-            self.lock_deferred().insert(call, unsettled);
+        let deferred = self.lock_deferred().remove(&call);
+        if let Some(deferred) = deferred {
+            deferred.settle(self);
         }
     }
 
