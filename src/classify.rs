@@ -12,8 +12,8 @@
 //! extensions and wraps its body (as [`GrpcTrailersBody`] does for gRPC); a classifier that
 //! finds no verdict in the head hands that slot back from [`Classify::pending`], and the
 //! balancer then records the call — breaker, load estimate, metrics, in-flight count — when the
-//! body ends (its verdict task does, moments after), not when the head arrives. [`tonic::GrpcEndpoint`](crate::tonic::GrpcEndpoint)
-//! and [`GrpcStatus`] do this together.
+//! body ends (its verdict task does, moments after), not when the head arrives.
+//! [`tonic::GrpcEndpoint`](crate::tonic::GrpcEndpoint) and [`GrpcStatus`] do this together.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};

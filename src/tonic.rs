@@ -73,8 +73,7 @@ use tower::{Layer, Service};
 use crate::balance::Weight;
 use crate::classify::{GrpcTrailersBody, PendingVerdict};
 use crate::discover::Instance;
-use crate::error::chain_text;
-use crate::{BoxError, ErrorKind};
+use crate::{BoxError, ErrorKind, error_chain};
 
 /// The [`Status`] for a failed call through a seawall stack; see the [module docs](self).
 ///
@@ -104,7 +103,7 @@ pub fn to_status(error: &BoxError) -> Status {
         ErrorKind::BodyTooLarge => Code::ResourceExhausted,
         _ => Code::Unavailable,
     };
-    let mut status = Status::new(code, chain_text(error.as_ref()));
+    let mut status = Status::new(code, error_chain(error.as_ref()));
     if let ErrorKind::CircuitOpen {
         retry_after: Some(wait),
     } = kind
@@ -203,8 +202,8 @@ where
 /// channel connects on first use and reconnects by itself.
 ///
 /// A response whose head has no `grpc-status` gets its status in the trailers: the endpoint
-/// wraps its body in a [`GrpcTrailersBody`] and puts the [`PendingVerdict`] in the response, so
-/// a balancer classifying with [`GrpcStatus`](crate::classify::GrpcStatus) records the call —
+/// wraps every body in a [`GrpcTrailersBody`] and puts its [`PendingVerdict`] in the response,
+/// so a balancer classifying with [`GrpcStatus`](crate::classify::GrpcStatus) records such a call —
 /// breaker, load, metrics — by the trailers' status when the body ends. A stream that fails
 /// halfway counts against its instance.
 #[derive(Clone)]
@@ -323,14 +322,8 @@ impl Future for GrpcResponseFuture {
             return Poll::Ready(Err(Box::new(NoChannel(*this.addr))));
         };
         let response = ready!(inner.poll(cx))?;
-        if response
-            .headers()
-            .contains_key(&crate::http::headers::GRPC_STATUS)
-        {
-            // Trailers-only: the head has the verdict.
-            return Poll::Ready(Ok(response));
-        }
-        // The status comes in the trailers: let the body decide the call's verdict.
+        // Let the body decide the call's verdict from its trailers; the classifier uses that
+        // slot only when the head has no status (`GrpcStatus::pending`).
         let verdict = PendingVerdict::new();
         let (mut parts, body) = response.into_parts();
         parts.extensions.insert(verdict.clone());
