@@ -63,8 +63,7 @@ use std::fmt;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, header};
 
-use crate::error::{chain_text, retry_after_secs};
-use crate::{BoxError, ErrorKind};
+use crate::{BoxError, ErrorKind, error_chain};
 
 /// The response for a failed call through a seawall stack; see the [module docs](self).
 ///
@@ -81,12 +80,11 @@ use crate::{BoxError, ErrorKind};
 /// ```
 pub fn error_response(error: &BoxError) -> Response {
     let kind = ErrorKind::of(error.as_ref());
-    let mut response = (kind.http_status(), chain_text(error.as_ref())).into_response();
-    if let Some(wait) = kind.retry_after() {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(retry_after_secs(wait)),
-        );
+    let mut response = (kind.http_status(), error_chain(error.as_ref())).into_response();
+    if let Some(secs) = kind.retry_after_secs() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
 }
@@ -130,7 +128,7 @@ impl fmt::Debug for UpstreamError {
 
 impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&chain_text(self.0.as_ref()))
+        f.write_str(&error_chain(self.0.as_ref()))
     }
 }
 

@@ -380,7 +380,8 @@ impl ErrorKind {
         Self::Upstream
     }
 
-    fn known(error: &(dyn std::error::Error + 'static)) -> Option<Self> {
+    /// The kind of `error` itself, if seawall knows it (its sources are not looked at).
+    pub(crate) fn known(error: &(dyn std::error::Error + 'static)) -> Option<Self> {
         if let Some(open) = error.downcast_ref::<CircuitOpen>() {
             return Some(Self::CircuitOpen {
                 retry_after: open.retry_after(),
@@ -426,6 +427,13 @@ impl ErrorKind {
         }
     }
 
+    /// [`retry_after`](Self::retry_after) as a `Retry-After` header value: whole seconds,
+    /// rounded up.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after()
+            .map(|wait| (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
+    }
+
     /// The HTTP status a proxy or handler should answer with; see the table above.
     #[cfg(feature = "http")]
     #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
@@ -452,17 +460,19 @@ fn is_length_limit(_: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The `Retry-After` value for a wait: whole seconds, rounded up, at least one.
-#[cfg_attr(not(feature = "axum"), allow(dead_code))]
-pub(crate) fn retry_after_secs(wait: std::time::Duration) -> u64 {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    secs.max(1)
-}
-
 /// An error and its causes as one line, `: `-separated, skipping a cause whose text the line
-/// already contains (many errors repeat their source in their own message).
-#[cfg_attr(not(any(feature = "axum", feature = "tonic")), allow(dead_code))]
-pub(crate) fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
+/// already contains (many errors repeat their source in their own message): for a log line or
+/// the body of an error response.
+///
+/// # Examples
+///
+/// ```
+/// use seawall::{BoxError, error_chain};
+///
+/// let error: BoxError = "upstream `users` failed".into();
+/// assert_eq!(error_chain(error.as_ref()), "upstream `users` failed");
+/// ```
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(error) = cause {
@@ -539,16 +549,19 @@ mod tests {
             retry_after: Some(Duration::from_millis(4200)),
         };
         assert_eq!(later.retry_after(), Some(Duration::from_millis(4200)));
-        assert_eq!(retry_after_secs(Duration::from_millis(4200)), 5);
-        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(later.retry_after_secs(), Some(5));
+        let zero = ErrorKind::CircuitOpen {
+            retry_after: Some(Duration::ZERO),
+        };
+        assert_eq!(zero.retry_after_secs(), Some(1));
         assert!(!ErrorKind::DeadlineExceeded.never_sent());
         assert_eq!(ErrorKind::Upstream.retry_after(), None);
     }
 
     #[test]
-    fn the_chain_text_names_each_cause_once() {
+    fn the_error_chain_names_each_cause_once() {
         let error = Wrapped(std::io::Error::other("connection reset").into());
-        assert_eq!(chain_text(&error), "retry gave up: connection reset");
+        assert_eq!(error_chain(&error), "retry gave up: connection reset");
     }
 
     #[cfg(feature = "http")]

@@ -143,7 +143,7 @@ pub use upstream::{HttpUpstream, Upstream};
 
 pub use error::{
     AllEjected, BoxError, BuildError, CircuitOpen, DeadlineExceeded, ErrorKind, NoEndpoints,
-    TryTimeout,
+    TryTimeout, error_chain,
 };
 
 /// The README's examples, compiled as doctests so they cannot rot.

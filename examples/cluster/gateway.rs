@@ -728,31 +728,15 @@ pub fn error_response(e: &BoxError) -> Response<ResponseBody> {
     let kind = ErrorKind::of(e.as_ref());
     let message = match kind {
         ErrorKind::BodyTooLarge => "request body over the cap".to_owned(),
-        _ => chain(e.as_ref()),
+        _ => seawall::error_chain(e.as_ref()),
     };
     let mut response = self::error(kind.http_status(), &message);
-    if let Some(wait) = kind.retry_after() {
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    if let Some(secs) = kind.retry_after_secs() {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, secs.into());
     }
     response
-}
-
-/// An error and its causes, `: `-separated.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(error) = cause {
-        let next = error.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        cause = error.source();
-    }
-    text
 }
 
 pub fn error(status: StatusCode, message: &str) -> Response<ResponseBody> {
