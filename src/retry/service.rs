@@ -15,12 +15,12 @@ use tower::{Layer, Service};
 use super::attempt;
 use super::decide::{RetryClass, ServerHint, Situation, StopReason, decide};
 use super::{Backoff, BudgetConfig, RetryBudget};
+use crate::BoxError;
 use crate::balance::PickRng;
 use crate::http::ReplayBody;
 use crate::http::headers::{Pushback, parse_grpc_retry_pushback, parse_retry_after};
 use crate::rng::SeedSequence;
 use crate::timeout::Deadline;
-use crate::{AllEjected, BoxError, CircuitOpen, NoEndpoints, TryTimeout};
 
 /// Marks a request as safe to send more than once, whatever its method (for example a POST
 /// with an idempotency key). Put it in the request's extensions.
@@ -502,9 +502,7 @@ fn next_attempt<B>(
 ) -> Request<ReplayBody<B>> {
     let mut request = template.clone();
     if let Some(deadline) = deadline {
-        if request.extensions().get::<Deadline>().is_none() {
-            request.extensions_mut().insert(deadline);
-        }
+        request.extensions_mut().insert(deadline);
     }
     request
 }
@@ -660,12 +658,14 @@ fn classify_response<RB>(response: &Response<RB>) -> (RetryClass, ServerHint) {
 pub(crate) fn classify_error(error: &(dyn std::error::Error + 'static)) -> RetryClass {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(error) = cause {
-        if error.is::<NoEndpoints>()
-            || error.is::<CircuitOpen>()
-            || error.is::<AllEjected>()
-            || error.is::<tower::load_shed::error::Overloaded>()
-        {
-            return RetryClass::NeverSent;
+        // seawall's own causes, named once for every layer by `ErrorKind`.
+        match crate::ErrorKind::known(error) {
+            Some(kind) if kind.never_sent() => return RetryClass::NeverSent,
+            Some(crate::ErrorKind::DeadlineExceeded | crate::ErrorKind::BodyTooLarge) => {
+                return RetryClass::Final;
+            }
+            Some(crate::ErrorKind::TryTimeout) => return RetryClass::Retryable,
+            _ => {}
         }
         // A refused connection sent nothing, whichever client met it (tonic's among them).
         if error
@@ -679,11 +679,8 @@ pub(crate) fn classify_error(error: &(dyn std::error::Error + 'static)) -> Retry
                 return RetryClass::NeverSent;
             }
         }
-        if error.is::<crate::DeadlineExceeded>() || error.is::<NotRetried>() {
+        if error.is::<NotRetried>() {
             return RetryClass::Final;
-        }
-        if error.is::<TryTimeout>() {
-            return RetryClass::Retryable;
         }
         cause = error.source();
     }
