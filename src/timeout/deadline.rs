@@ -162,7 +162,6 @@ pub struct DeadlineFuture<F> {
     /// `None` once the deadline has passed and the call was dropped.
     #[pin]
     inner: Option<F>,
-    #[pin]
     timer: LazyTimer,
     total: Duration,
 }

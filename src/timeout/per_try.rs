@@ -141,7 +141,6 @@ where
 pub struct PerTryTimeoutFuture<F> {
     #[pin]
     inner: Option<F>,
-    #[pin]
     timer: LazyTimer,
     timeout: Duration,
     by_deadline: bool,
