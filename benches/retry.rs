@@ -58,6 +58,20 @@ fn bench(c: &mut Criterion) {
                 Ok::<_, BoxError>(http::Response::new(()))
             },
         ));
+    // Each layer alone, to see where the stack's cost goes.
+    let mut deadline_only = ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Duration::from_secs(2)))
+        .service(bare.clone());
+    let mut retry_only = ServiceBuilder::new()
+        .layer(RetryLayer::new("bench", RetryConfig::default()))
+        .service(service_fn(
+            |_: http::Request<seawall::http::ReplayBody<Full<Bytes>>>| async {
+                Ok::<_, BoxError>(http::Response::new(()))
+            },
+        ));
+    let mut per_try_only = ServiceBuilder::new()
+        .layer(PerTryTimeoutLayer::new(Duration::from_millis(500)))
+        .service(bare.clone());
     let mut cx = Context::from_waker(Waker::noop());
     // A shared buffer, as hyper's read buffer is once a request line is split off it.
     let uri = Bytes::from(b"/users/42".to_vec());
@@ -74,6 +88,17 @@ fn bench(c: &mut Criterion) {
             b.iter(|| call_once(&mut stack, &mut cx, &uri, body))
         });
     }
+    group.finish();
+    let mut group = c.benchmark_group("retry_success_path_by_layer");
+    group.bench_function("deadline", |b| {
+        b.iter(|| call_once(&mut deadline_only, &mut cx, &uri, b""))
+    });
+    group.bench_function("retry", |b| {
+        b.iter(|| call_once(&mut retry_only, &mut cx, &uri, b""))
+    });
+    group.bench_function("per_try", |b| {
+        b.iter(|| call_once(&mut per_try_only, &mut cx, &uri, b""))
+    });
     group.finish();
 }
 

@@ -90,6 +90,7 @@ pub mod balance;
 pub mod breaker;
 pub mod bulkhead;
 pub mod classify;
+mod clock;
 #[cfg(feature = "serde")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 pub mod config;

@@ -361,7 +361,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let picked = self.shared.pick(&mut self.rng, now);
         ResponseFuture::new(Arc::clone(&self.shared), picked, req, now, &mut self.rng)
     }

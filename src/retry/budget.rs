@@ -124,17 +124,21 @@ impl RetryBudget {
     }
 
     fn now(&self) -> u64 {
-        u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.inner.epoch)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX)
+        self.nanos(Instant::now())
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.inner.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Counts one request (call it once per original request, not per retry).
     pub fn deposit(&self) {
         self.inner.window.add(self.now(), 1, 0);
+    }
+
+    /// Counts one request made at `at` (a time the caller has already read).
+    pub(crate) fn deposit_at(&self, at: Instant) {
+        self.inner.window.add(self.nanos(at), 1, 0);
     }
 
     /// Takes one retry from the budget if it allows one; `false` means do not retry.

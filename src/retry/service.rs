@@ -315,7 +315,8 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        self.policy.budget.deposit();
+        let now = crate::clock::now();
+        self.policy.budget.deposit_at(now);
         let idempotent = idempotent_method(request.method())
             || request.extensions().get::<Idempotent>().is_some();
         let (parts, body) = request.into_parts();
@@ -326,13 +327,12 @@ where
         // The template for retries. Its deadline is kept beside it rather than in a copy of
         // the extensions when it is their only entry (the usual case under a DeadlineLayer):
         // copying an extensions map costs three allocations on every call, retried or not.
+        let mut request = request;
         let deadline = request.extensions().get::<Deadline>().copied();
         let template = if deadline.is_some() && request.extensions().len() == 1 {
-            let mut template = Request::new(request.body().clone());
-            *template.method_mut() = request.method().clone();
-            *template.uri_mut() = request.uri().clone();
-            *template.version_mut() = request.version();
-            *template.headers_mut() = request.headers().clone();
+            let extensions = std::mem::take(request.extensions_mut());
+            let template = request.clone();
+            *request.extensions_mut() = extensions;
             template
         } else {
             request.clone()
@@ -341,7 +341,9 @@ where
         // The ready service makes this call; a clone makes the retries (tower's pattern).
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
-        let future = attempt::with_avoided(&mut tried, || ready.call(request));
+        let future = attempt::with_avoided(&mut tried, || {
+            crate::clock::during(now, || ready.call(request))
+        });
         RetryFuture {
             state: State::Calling,
             first: Some(future),
@@ -484,7 +486,10 @@ where
                     ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
                     let request = next_attempt(this.template, *this.deadline);
                     let service = &mut *this.service;
-                    let future = attempt::with_avoided(this.tried, || service.call(request));
+                    let now = crate::clock::now();
+                    let future = attempt::with_avoided(this.tried, || {
+                        crate::clock::during(now, || service.call(request))
+                    });
                     this.first.set(Some(future));
                     *this.hedge = None;
                     *this.hedge_spent = false;

@@ -132,7 +132,7 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut deadline = Deadline(now + self.layer.total);
         if self.layer.honor_grpc_timeout {
             if let Some(incoming) = req.incoming_timeout() {
@@ -144,9 +144,9 @@ where
         }
         req.set_deadline(deadline);
         DeadlineFuture {
-            inner: Some(self.inner.call(req)),
+            inner: Some(crate::clock::during(now, || self.inner.call(req))),
             timer: LazyTimer::new(deadline.0),
-            total: deadline.0.saturating_duration_since(now),
+            started: now,
         }
     }
 }
@@ -163,7 +163,8 @@ pub struct DeadlineFuture<F> {
     #[pin]
     inner: Option<F>,
     timer: LazyTimer,
-    total: Duration,
+    /// When the call was made: the error says how long it was given.
+    started: Instant,
 }
 
 impl<F, T, E> Future for DeadlineFuture<F>
@@ -183,6 +184,7 @@ where
             // Drop the call now, flagged, so the endpoint it waits on is charged a failure.
             super::expiry::dropping_expired(|| this.inner.set(None));
         }
-        Poll::Ready(Err(DeadlineExceeded::new(*this.total).into()))
+        let given = this.timer.at().saturating_duration_since(*this.started);
+        Poll::Ready(Err(DeadlineExceeded::new(given).into()))
     }
 }

@@ -4,7 +4,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project::pin_project;
-use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::timer::LazyTimer;
@@ -104,7 +103,7 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let left = req
             .deadline()
             .map(|d| d.instant().saturating_duration_since(now));
@@ -123,7 +122,7 @@ where
         }
         req.propagate_timeout(timeout, self.layer.header.as_ref());
         PerTryTimeoutFuture {
-            inner: Some(self.inner.call(req)),
+            inner: Some(crate::clock::during(now, || self.inner.call(req))),
             timer: LazyTimer::new(now + timeout),
             timeout,
             by_deadline,
