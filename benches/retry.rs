@@ -61,7 +61,7 @@ fn bench(c: &mut Criterion) {
     // Each layer alone, to see where the stack's cost goes.
     let mut deadline_only = ServiceBuilder::new()
         .layer(DeadlineLayer::new(Duration::from_secs(2)))
-        .service(bare.clone());
+        .service(bare);
     let mut retry_only = ServiceBuilder::new()
         .layer(RetryLayer::new("bench", RetryConfig::default()))
         .service(service_fn(
@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
         ));
     let mut per_try_only = ServiceBuilder::new()
         .layer(PerTryTimeoutLayer::new(Duration::from_millis(500)))
-        .service(bare.clone());
+        .service(bare);
     let mut cx = Context::from_waker(Waker::noop());
     // A shared buffer, as hyper's read buffer is once a request line is split off it.
     let uri = Bytes::from(b"/users/42".to_vec());
