@@ -377,11 +377,11 @@ impl Gateway {
             }
         }
         // Nobody but the gateway says who the caller is.
-        parts.headers.remove("x-user");
+        parts.headers.remove(&X_USER);
         if matches!(self.config.routing, Routing::Services) && service != "auth" {
             match self.verify(&parts.headers).await {
                 Ok(user) => {
-                    parts.headers.insert("x-user", user);
+                    parts.headers.insert(X_USER.clone(), user);
                 }
                 Err(response) => return response,
             }
@@ -657,10 +657,33 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_USER: HeaderName = HeaderName::from_static("x-user");
+
+/// The headers that describe one hop (RFC 9110 §7.6.1), besides any `Connection` names.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        &header::CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+    ]
+    .contains(&name)
+}
+
 /// Removes the headers that describe one hop (RFC 9110 §7.6.1), including any the
 /// `Connection` header names.
+///
+/// Most requests and responses carry none: one pass over the names (no hashing) finds that,
+/// where removing each name in turn cost a tenth of the gateway's own work per request.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.is_empty() {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -673,19 +696,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    let hop: Vec<HeaderName> = headers.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    for name in hop {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 }
 
 /// The caller's address, formatted once per connection.
@@ -905,5 +919,42 @@ impl Fleet {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_stripped() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            ("host", "example"),
+            ("accept", "*/*"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "host"]);
+
+        let mut plain = HeaderMap::new();
+        plain.insert(header::HOST, HeaderValue::from_static("example"));
+        plain.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        let before = plain.clone();
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain, before);
     }
 }
