@@ -225,7 +225,10 @@ impl<P: Pick> Upstream<P> {
         let balance = balance.build()?;
         let per_try = PerTryTimeoutLayer::new(self.per_try_timeout.unwrap_or(self.deadline));
         let retry = RetryLayer::new(Arc::clone(&self.name), self.retry);
-        Ok(DeadlineLayer::new(self.deadline).layer(retry.layer(per_try.layer(balance))))
+        // Retry never waits past the deadline and the per-try timeout never gives an attempt
+        // more than the time left, so the deadline needs no timer of its own.
+        let deadline = DeadlineLayer::new(self.deadline).bounded_inside();
+        Ok(deadline.layer(retry.layer(per_try.layer(balance))))
     }
 }
 

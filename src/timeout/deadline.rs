@@ -63,6 +63,9 @@ impl Deadline {
 pub struct DeadlineLayer {
     total: Duration,
     honor_grpc_timeout: bool,
+    /// Whether the layer arms its own timer; off only where every wait below is already
+    /// bounded by the deadline (see `bounded_inside`).
+    timer: bool,
 }
 
 impl DeadlineLayer {
@@ -71,7 +74,17 @@ impl DeadlineLayer {
         Self {
             total,
             honor_grpc_timeout: false,
+            timer: true,
         }
+    }
+
+    /// For a stack whose every wait is already bounded by the deadline: a retry layer (which
+    /// never backs off past it) over a per-try timeout (which never gives an attempt more than
+    /// the time left) over a service that is always ready. `Upstream` builds exactly that, and
+    /// a second timer per call would only cost a registration in tokio's timer wheel.
+    pub(crate) fn bounded_inside(mut self) -> Self {
+        self.timer = false;
+        self
     }
 
     /// Also take the deadline from an incoming `grpc-timeout` when that is shorter (for a
@@ -145,7 +158,8 @@ where
         req.set_deadline(deadline);
         DeadlineFuture {
             inner: Some(crate::clock::during(now, || self.inner.call(req))),
-            timer: LazyTimer::new(deadline.0),
+            timer: self.layer.timer.then(|| LazyTimer::new(deadline.0)),
+            deadline: deadline.0,
             started: now,
         }
     }
@@ -162,7 +176,9 @@ pub struct DeadlineFuture<F> {
     /// `None` once the deadline has passed and the call was dropped.
     #[pin]
     inner: Option<F>,
-    timer: LazyTimer,
+    /// `None` when the layers inside bound every wait by the deadline.
+    timer: Option<LazyTimer>,
+    deadline: Instant,
     /// When the call was made: the error says how long it was given.
     started: Instant,
 }
@@ -180,11 +196,14 @@ where
             if let Poll::Ready(result) = inner.poll(cx) {
                 return Poll::Ready(result.map_err(Into::into));
             }
-            ready!(this.timer.poll_elapsed(cx));
+            let Some(timer) = this.timer.as_mut() else {
+                return Poll::Pending;
+            };
+            ready!(timer.poll_elapsed(cx));
             // Drop the call now, flagged, so the endpoint it waits on is charged a failure.
             super::expiry::dropping_expired(|| this.inner.set(None));
         }
-        let given = this.timer.at().saturating_duration_since(*this.started);
+        let given = this.deadline.saturating_duration_since(*this.started);
         Poll::Ready(Err(DeadlineExceeded::new(given).into()))
     }
 }

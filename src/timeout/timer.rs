@@ -24,11 +24,6 @@ impl LazyTimer {
         Self { at, sleep: None }
     }
 
-    /// The instant it fires at.
-    pub(crate) fn at(&self) -> Instant {
-        self.at
-    }
-
     /// Ready once the instant has passed; registers the timer on the first call.
     pub(crate) fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let at = self.at;

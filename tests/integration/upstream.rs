@@ -86,3 +86,64 @@ async fn one_builder_hides_a_failing_instance_from_gets_and_never_repeats_a_post
         "round robin sent two POSTs to the failing instance"
     );
 }
+
+/// The upstream's deadline has no timer of its own (retries never wait past it and every
+/// attempt gets at most the time left): a call to instances that never answer still ends
+/// by the deadline, timed out, after as many attempts as fit.
+#[tokio::test(start_paused = true)]
+async fn the_deadline_holds_when_every_instance_hangs() {
+    let registry = Registry::new();
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        registry
+            .register(
+                "stuck",
+                Instance::new(format!("stuck-{i}"), listener.local_addr().unwrap()),
+                Duration::from_secs(300),
+            )
+            .unwrap();
+        // Accepts and reads nothing, answers nothing, until the test ends.
+        held.push(tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                open.push(stream);
+            }
+        }));
+    }
+    let stuck = Upstream::builder("stuck")
+        .picker(RoundRobin::new())
+        .retry(RetryConfig::default().max_attempts(10))
+        .per_try_timeout(Duration::from_millis(300))
+        .deadline(Duration::from_millis(1000))
+        .wait_for_endpoints(Duration::from_secs(1))
+        .build_http(
+            registry.watch("stuck"),
+            default_client::<ReplayBody<Empty<Bytes>>>(),
+        )
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let get = http::Request::get("/slow").body(Empty::new()).unwrap();
+    let error = stuck.clone().oneshot(get).await.unwrap_err();
+    let took = started.elapsed();
+    // The last attempt ran into the deadline, or the retry layer saw no room for another.
+    assert!(
+        matches!(
+            seawall::ErrorKind::of(error.as_ref()),
+            seawall::ErrorKind::DeadlineExceeded | seawall::ErrorKind::TryTimeout
+        ),
+        "{error}"
+    );
+    assert!(
+        took <= Duration::from_millis(1000),
+        "ended at the deadline, not after: {took:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(900),
+        "used the time it had (three 300 ms attempts and backoff): {took:?}"
+    );
+    assert!(stuck.retries() >= 2, "retried within the deadline");
+    for task in held {
+        task.abort();
+    }
+}
