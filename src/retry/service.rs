@@ -684,6 +684,9 @@ pub(crate) fn classify_error(error: &(dyn std::error::Error + 'static)) -> Retry
                 return RetryClass::NeverSent;
             }
         }
+        if error.is::<crate::http::ConnectError>() {
+            return RetryClass::NeverSent;
+        }
         if error.is::<NotRetried>() {
             return RetryClass::Final;
         }

@@ -438,3 +438,38 @@ fn a_bad_cluster_toml_names_the_file_and_the_field() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn hop_by_hop_headers_and_the_ones_connection_names_are_stripped() {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in [
+        ("connection", "keep-alive, x-secret"),
+        ("x-secret", "1"),
+        ("keep-alive", "timeout=5"),
+        ("te", "trailers"),
+        ("transfer-encoding", "chunked"),
+        ("proxy-connection", "keep-alive"),
+        ("upgrade", "websocket"),
+        ("host", "example"),
+        ("accept", "*/*"),
+    ] {
+        headers.append(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+    }
+    crate::gateway::strip_hop_by_hop(&mut headers);
+    let mut left: Vec<&str> = headers.keys().map(http::HeaderName::as_str).collect();
+    left.sort_unstable();
+    assert_eq!(left, ["accept", "host"]);
+
+    let mut plain = http::HeaderMap::new();
+    plain.insert(
+        http::header::HOST,
+        http::HeaderValue::from_static("example"),
+    );
+    plain.insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
+    let before = plain.clone();
+    crate::gateway::strip_hop_by_hop(&mut plain);
+    assert_eq!(plain, before);
+}

@@ -1,4 +1,5 @@
-//! HTTP endpoints over real loopback servers and one pooled hyper-util client.
+//! HTTP endpoints over real loopback servers: one pooled hyper-util client, or connections
+//! of each endpoint's own.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -206,4 +207,200 @@ async fn health_server(
         }
     });
     (addr, task)
+}
+
+/// A server like [`server`] that also counts the connections it accepted.
+async fn counting_server(
+    name: &'static str,
+) -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| async move {
+                        let host = req
+                            .headers()
+                            .get(http::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        let body = format!("{name} {} {host}", req.uri());
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+                    },
+                );
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted, task)
+}
+
+#[tokio::test]
+async fn own_connections_are_kept_per_instance_and_requests_go_out_in_origin_form() {
+    use seawall::http::Http1Config;
+    let registry = Registry::new();
+    let mut servers = Vec::new();
+    for name in ["a", "b"] {
+        let (addr, accepted, task) = counting_server(name).await;
+        registry
+            .register("users", Instance::new(name, addr), Duration::from_secs(30))
+            .unwrap();
+        servers.push((name, addr, accepted, task));
+    }
+    let users = Balance::builder(HttpEndpoints::http1(
+        Http1Config::default(),
+        registry.watch("users"),
+    ))
+    .picker(RoundRobin::new())
+    .classify(HttpStatus)
+    .build()
+    .unwrap();
+    eventually("2 instances", || users.endpoints().len() == 2).await;
+    for i in 0..20 {
+        // Absolute form in, origin form out; the Host is the instance's.
+        let request = http::Request::get(format!("http://users.internal/users/{i}?full=1"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), users.clone().oneshot(request))
+            .await
+            .expect("bounded")
+            .unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        let mut words = body.split(' ');
+        let name = words.next().unwrap();
+        let addr = servers.iter().find(|(n, ..)| *n == name).unwrap().1;
+        assert_eq!(words.next(), Some(format!("/users/{i}?full=1").as_str()));
+        assert_eq!(words.next(), Some(addr.to_string().as_str()));
+    }
+    for (name, _, accepted, task) in servers {
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{name}: ten sequential requests share one kept connection"
+        );
+        task.abort();
+    }
+}
+
+/// A server that answers one request per connection (keep-alive implied), then closes it
+/// without saying so: the client finds out only when it tries the connection again.
+async fn one_shot_server() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            drop(stream);
+        }
+    });
+    (addr, accepted, task)
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_server_closed_is_replaced_without_an_error() {
+    use seawall::http::{Http1Config, HttpEndpoint};
+    let (addr, accepted, task) = one_shot_server().await;
+    let endpoint =
+        HttpEndpoint::<Empty<Bytes>>::http1(&Instance::new("x", addr), Http1Config::default());
+    for _ in 0..5 {
+        let request = http::Request::get("/again").body(Empty::new()).unwrap();
+        let response =
+            tokio::time::timeout(Duration::from_secs(5), endpoint.clone().oneshot(request))
+                .await
+                .expect("bounded")
+                .expect("a closed kept connection is not the caller's problem");
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "ok"
+        );
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 5);
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_connect_error_and_a_post_is_retried_elsewhere() {
+    use seawall::Upstream;
+    use seawall::http::{ConnectError, Http1Config, HttpEndpoint};
+    // A port nobody listens on any more.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let endpoint =
+        HttpEndpoint::<Empty<Bytes>>::http1(&Instance::new("dead", dead), Http1Config::default());
+    let request = http::Request::post("/orders").body(Empty::new()).unwrap();
+    let error = endpoint.oneshot(request).await.unwrap_err();
+    let connect = error
+        .downcast_ref::<ConnectError>()
+        .expect("a ConnectError");
+    assert_eq!(connect.addr(), dead);
+
+    let (live, accepted, task) = counting_server("live").await;
+    let registry = Registry::new();
+    registry
+        .register(
+            "orders",
+            Instance::new("dead", dead),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    registry
+        .register(
+            "orders",
+            Instance::new("live", live),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    let orders = Upstream::builder("orders")
+        .picker(RoundRobin::new())
+        .wait_for_endpoints(Duration::from_secs(1))
+        .build_http1(registry.watch("orders"), Http1Config::default())
+        .unwrap();
+    for _ in 0..10 {
+        let post = http::Request::post("/orders")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = orders.clone().oneshot(post).await.unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "never sent to the dead one, so retried"
+        );
+    }
+    assert!(
+        orders.retries() >= 1,
+        "the dead instance was tried and refused"
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    task.abort();
 }
