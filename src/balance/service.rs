@@ -274,7 +274,9 @@ impl Drop for WorkerGuard {
 /// ```
 pub struct Balance<K, S, P: Pick = P2c, C = ErrorsAreFailures> {
     shared: Arc<Shared<K, S, P, C>>,
-    rng: PickRng,
+    /// Seeded at this clone's first call: callers clone a balancer per request (tower's
+    /// pattern), and most clones make one call or none.
+    rng: Option<PickRng>,
     _worker: Arc<WorkerGuard>,
 }
 
@@ -327,7 +329,7 @@ impl Balance<(), (), P2c, ErrorsAreFailures> {
 impl<K, S, P: Pick, C> Clone for Balance<K, S, P, C> {
     fn clone(&self) -> Self {
         Self {
-            rng: PickRng::with_seed(self.shared.clone_seed()),
+            rng: None,
             shared: Arc::clone(&self.shared),
             _worker: Arc::clone(&self._worker),
         }
@@ -362,8 +364,12 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let now = crate::clock::now();
-        let picked = self.shared.pick(&mut self.rng, now);
-        ResponseFuture::new(Arc::clone(&self.shared), picked, req, now, &mut self.rng)
+        let shared = &self.shared;
+        let rng = self
+            .rng
+            .get_or_insert_with(|| PickRng::with_seed(shared.clone_seed()));
+        let picked = shared.pick(rng, now);
+        ResponseFuture::new(Arc::clone(shared), picked, req, now, rng)
     }
 }
 
@@ -588,7 +594,7 @@ impl<D: Discover, P, C> Builder<D, P, C> {
         }
         tasks.push(runtime.spawn(record_verdicts(Arc::downgrade(&shared), settled_rx)));
         Ok(Balance {
-            rng: PickRng::with_seed(shared.clone_seed()),
+            rng: None,
             shared,
             _worker: Arc::new(WorkerGuard(tasks)),
         })

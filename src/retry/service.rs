@@ -145,14 +145,9 @@ struct Policy {
     retries: Tally,
     hedges: Tally,
     name: Arc<str>,
-    /// Seeds for the backoff jitter of every service (and clone) of the layer.
+    /// Seeds for the backoff jitter, one drawn per call that retries (a call that does not
+    /// retry, or a clone, costs no seed).
     seeds: SeedSequence,
-}
-
-impl Policy {
-    fn rng(&self) -> PickRng {
-        PickRng::with_seed(self.seeds.next_seed())
-    }
 }
 
 /// Retries HTTP requests that are safe to retry; see the [module docs](super).
@@ -238,7 +233,6 @@ impl<S> Layer<S> for RetryLayer {
     fn layer(&self, inner: S) -> Retry<S> {
         Retry {
             inner,
-            rng: self.policy.rng(),
             policy: Arc::clone(&self.policy),
         }
     }
@@ -248,14 +242,12 @@ impl<S> Layer<S> for RetryLayer {
 pub struct Retry<S> {
     inner: S,
     policy: Arc<Policy>,
-    rng: PickRng,
 }
 
 impl<S: Clone> Clone for Retry<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            rng: self.policy.rng(),
             policy: Arc::clone(&self.policy),
         }
     }
@@ -357,7 +349,7 @@ where
             attempts: 1,
             idempotent,
             policy: Arc::clone(&self.policy),
-            seed: self.rng.next_u64(),
+            seed: None,
         }
     }
 }
@@ -404,7 +396,8 @@ where
     attempts: u32,
     idempotent: bool,
     policy: Arc<Policy>,
-    seed: u64,
+    /// The backoff jitter's seed, drawn at the first retry.
+    seed: Option<u64>,
 }
 
 impl<S, B, RB> Future for RetryFuture<S, B>
@@ -435,10 +428,14 @@ where
                         return Poll::Ready(result);
                     }
                     let config = &this.policy.config;
-                    *this.seed = this.seed.wrapping_add(1);
+                    let seed = match *this.seed {
+                        Some(seed) => seed.wrapping_add(1),
+                        None => this.policy.seeds.next_seed(),
+                    };
+                    *this.seed = Some(seed);
                     let backoff = config
                         .backoff
-                        .delay(*this.attempts, &mut PickRng::with_seed(*this.seed));
+                        .delay(*this.attempts, &mut PickRng::with_seed(seed));
                     let situation = Situation {
                         class,
                         idempotent: *this.idempotent,
