@@ -7,59 +7,110 @@
 //! the retry and the balancer must call through synchronously (seawall's timeouts and breakers
 //! do); behind a `Buffer` the hint is lost and retries are merely re-balanced.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 thread_local! {
-    static ATTEMPT: RefCell<Option<Attempt>> = const { RefCell::new(None) };
-}
-
-#[derive(Debug, Default)]
-struct Attempt {
-    avoid: Vec<usize>,
-    picked: Option<usize>,
+    /// Whether a retry layer is listening, and the endpoint its attempt went to.
+    static LISTENING: Cell<Option<Option<usize>>> = const { Cell::new(None) };
+    /// The endpoints the current attempt should avoid (empty for a first attempt).
+    static AVOID: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `call` with `tried` as the endpoints to avoid, then adds the endpoint it picked.
+///
+/// A first attempt (nothing to avoid) costs two `Cell` swaps; only a retry swaps its list in.
 #[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(crate) fn with_avoided<T>(tried: &mut Vec<usize>, call: impl FnOnce() -> T) -> T {
-    let previous = ATTEMPT.with(|a| {
-        a.borrow_mut().replace(Attempt {
-            avoid: std::mem::take(tried),
-            picked: None,
-        })
-    });
-    let result = call();
-    let attempt = ATTEMPT.with(|a| std::mem::replace(&mut *a.borrow_mut(), previous));
-    if let Some(attempt) = attempt {
-        *tried = attempt.avoid;
-        if let Some(picked) = attempt.picked {
-            tried.push(picked);
+    struct Restore {
+        listening: Option<Option<usize>>,
+        avoid: Option<Vec<usize>>,
+    }
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LISTENING.with(|l| l.set(self.listening));
+            if let Some(previous) = self.avoid.take() {
+                AVOID.with(|a| *a.borrow_mut() = previous);
+            }
         }
     }
+    let listening = LISTENING.with(|l| l.replace(Some(None)));
+    let avoid = (!tried.is_empty() || AVOID.with(|a| !a.borrow().is_empty()))
+        .then(|| AVOID.with(|a| std::mem::replace(&mut *a.borrow_mut(), std::mem::take(tried))));
+    let restore = Restore { listening, avoid };
+    let result = call();
+    let picked = LISTENING.with(Cell::get).flatten();
+    // Put the list back before `restore` puts the outer one in its place.
+    if restore.avoid.is_some() {
+        *tried = AVOID.with(|a| std::mem::take(&mut *a.borrow_mut()));
+    }
+    if let Some(picked) = picked {
+        tried.push(picked);
+    }
+    drop(restore);
     result
 }
 
 /// For the balancer: whether a retry asked to avoid `endpoint` (an endpoint's identity).
 #[inline]
 pub(crate) fn avoids(endpoint: usize) -> bool {
-    ATTEMPT.with(|a| {
-        a.borrow()
-            .as_ref()
-            .is_some_and(|attempt| attempt.avoid.contains(&endpoint))
-    })
+    LISTENING.with(Cell::get).is_some() && AVOID.with(|a| a.borrow().contains(&endpoint))
 }
 
 /// For the balancer: whether a retry is listening at all (cheap: one thread-local read).
 #[inline]
 pub(crate) fn active() -> bool {
-    ATTEMPT.with(|a| a.borrow().is_some())
+    LISTENING.with(Cell::get).is_some()
 }
 
 /// For the balancer: the endpoint this attempt went to.
 pub(crate) fn record_pick(endpoint: usize) {
-    ATTEMPT.with(|a| {
-        if let Some(attempt) = a.borrow_mut().as_mut() {
-            attempt.picked = Some(endpoint);
+    LISTENING.with(|l| {
+        if l.get().is_some() {
+            l.set(Some(Some(endpoint)));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_sees_its_own_list_and_records_its_pick() {
+        assert!(!active());
+        let mut tried = Vec::new();
+        with_avoided(&mut tried, || {
+            assert!(active());
+            assert!(!avoids(1));
+            record_pick(1);
+        });
+        assert_eq!(tried, [1]);
+        assert!(!active(), "nothing listens after the call");
+        with_avoided(&mut tried, || {
+            assert!(avoids(1));
+            assert!(!avoids(2));
+            record_pick(2);
+        });
+        assert_eq!(tried, [1, 2]);
+        record_pick(3);
+        assert_eq!(tried, [1, 2], "a pick outside an attempt is not recorded");
+    }
+
+    #[test]
+    fn a_nested_attempt_hides_the_outer_list_and_restores_it() {
+        let mut outer = vec![7];
+        with_avoided(&mut outer, || {
+            assert!(avoids(7));
+            let mut inner = Vec::new();
+            with_avoided(&mut inner, || {
+                assert!(!avoids(7), "the inner first attempt avoids nothing");
+                record_pick(8);
+            });
+            assert_eq!(inner, [8]);
+            assert!(avoids(7), "the outer list is back");
+            record_pick(9);
+        });
+        assert_eq!(outer, [7, 9]);
+        assert!(!active());
+    }
 }
