@@ -20,34 +20,10 @@ use tower::ServiceExt;
 
 use crate::support::eventually;
 
-/// A server on 127.0.0.1:0 that answers every request with its name and the path it saw.
+/// A server on 127.0.0.1:0 that answers every request with its name, the path it saw and
+/// the `Host` header.
 async fn server(name: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(
-                    move |req: http::Request<hyper::body::Incoming>| async move {
-                        let host = req
-                            .headers()
-                            .get(http::header::HOST)
-                            .and_then(|h| h.to_str().ok())
-                            .unwrap_or("")
-                            .to_owned();
-                        let body = format!("{name} {} {host}", req.uri());
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
-                    },
-                );
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let (addr, _, task) = counting_server(name).await;
     (addr, task)
 }
 
