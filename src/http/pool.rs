@@ -103,6 +103,9 @@ pub(crate) struct Http1Pool<B> {
     /// `Host` for requests that come without one.
     host: Option<HeaderValue>,
     config: Http1Config,
+    /// Connections not serving a request, most recently used last. A connection comes back
+    /// when its response head has arrived, so one is at worst finishing a short body; the
+    /// last is the warmest.
     conns: Mutex<Vec<SendRequest<B>>>,
 }
 
