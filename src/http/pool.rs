@@ -25,6 +25,12 @@ use crate::BoxError;
 
 /// Settings of the connections an [`HttpEndpoint::http1`](super::HttpEndpoint::http1) opens.
 ///
+/// Plain TCP and HTTP/1.1 only: no TLS, no HTTP/2, no protocol upgrades (use
+/// [`HttpEndpoint::new`](super::HttpEndpoint::new) over a hyper-util client for those). An
+/// idle connection has no timer of its own: it stays until the server closes it (found and
+/// dropped at the next request), the endpoint leaves discovery, or it is beyond
+/// [`max_idle`](Self::max_idle).
+///
 /// ```
 /// use std::time::Duration;
 /// use seawall::http::Http1Config;
