@@ -423,7 +423,10 @@ impl Pick for LeastConn {
 /// until their first answers come back. A failed call records a latency of at least
 /// [`failure_penalty`](Self::failure_penalty), and at least twice the endpoint's current
 /// estimate, so an endpoint that fails fast does not look fast, and one that keeps failing is
-/// tried exponentially less often (a success resets it).
+/// tried exponentially less often (a success resets it). An endpoint nothing has been heard
+/// from for a whole [`decay`](Self::decay) time, with no call in flight, gets the next call
+/// it is drawn for: one probe at a time, so an instance that failed and healed rejoins within
+/// seconds instead of waiting minutes for its penalty to decay.
 ///
 /// Like every power-of-two-choices balancer, it still sends a call to a bad endpoint when both
 /// draws are bad: with `k` bad endpoints out of `n`, about `k(k − 1) / (n(n − 1))` of calls.
@@ -498,6 +501,19 @@ impl P2c {
 }
 
 impl P2c {
+    /// Whether nothing has been heard from `endpoint` for a whole decay time while it has
+    /// an estimate and no call in flight. Such an endpoint gets the call as a probe: its
+    /// estimate is too old to trust, and one answer refreshes it. Without this, an instance
+    /// whose failures pushed its estimate up (the penalty doubles, to 64 s) would get nothing
+    /// for minutes after it healed, since P2c never picks the dearer of two.
+    #[inline]
+    fn stale<K, S>(&self, endpoint: &Endpoint<K, S>, now_ns: u64) -> bool {
+        let (estimate, at) = endpoint.cost_state();
+        estimate != 0.0
+            && now_ns.saturating_sub(at) as f64 > self.decay_ns
+            && endpoint.in_flight() == 0
+    }
+
     /// `cost(x) < cost(y)`, decided with one `exp` and no division: both estimates decay by
     /// `e^(−(now − t)/τ)`, so only the difference of their timestamps matters, and the weights
     /// move across the comparison as products.
@@ -539,7 +555,10 @@ impl Pick for P2c {
         if !cx.skips_ejected() {
             let (a, b) = draw_two(cx, n);
             let (ea, eb) = (set.get(a)?, set.get(b)?);
-            return Some(if self.cheaper(eb, ea, cx.now_nanos()) {
+            let now = cx.now_nanos();
+            return Some(if self.stale(ea, now) {
+                a
+            } else if self.stale(eb, now) || self.cheaper(eb, ea, now) {
                 b
             } else {
                 a
@@ -558,7 +577,10 @@ impl Pick for P2c {
                 return Some(b);
             }
             match (cx.is_eligible(ea), cx.is_eligible(eb)) {
-                (true, true) if self.cheaper(eb, ea, now) => return Some(b),
+                (true, true) if self.stale(ea, now) => return Some(a),
+                (true, true) if self.stale(eb, now) || self.cheaper(eb, ea, now) => {
+                    return Some(b);
+                }
                 (true, _) => return Some(a),
                 (false, true) => return Some(b),
                 (false, false) => {} // both ejected: draw again
@@ -1011,6 +1033,57 @@ mod tests {
             Some(expected),
             "{exact_a} vs {exact_b}"
         );
+    }
+
+    #[test]
+    fn p2c_probes_an_endpoint_unheard_from_for_a_decay_time_once_at_a_time() {
+        // a failed until its estimate reached 64 s; b answers in 1 ms and keeps answering.
+        let p2c = P2c::new().decay(Duration::from_secs(10));
+        let s = set(&[1, 1]);
+        let (a, b) = (s.get(0).unwrap(), s.get(1).unwrap());
+        let second = 1_000_000_000u64;
+        for _ in 0..8 {
+            p2c.observe(
+                a,
+                Observation {
+                    latency_ns: 1_000_000,
+                    outcome: Outcome::Failure,
+                    now_ns: 0,
+                },
+            );
+        }
+        let pick_at = |now: u64, rng: &mut PickRng| {
+            p2c.observe(
+                b,
+                Observation {
+                    latency_ns: 1_000_000,
+                    outcome: Outcome::Success,
+                    now_ns: now,
+                },
+            );
+            let mut cx = PickContext::new(now, rng);
+            p2c.pick(&s, &(), &mut cx).unwrap()
+        };
+        let mut rng = PickRng::with_seed(3);
+        // Within the decay time, the penalised endpoint is never chosen.
+        for t in 1..=10 {
+            assert_eq!(pick_at(t * second, &mut rng), 1, "at {t} s");
+        }
+        // Past it, one probe goes to a; none while that probe is in flight.
+        assert_eq!(pick_at(11 * second, &mut rng), 0, "a is probed");
+        a.acquire();
+        assert_eq!(pick_at(12 * second, &mut rng), 1, "one probe at a time");
+        // The probe answers fast: a is fresh again and competes on its new estimate.
+        a.release();
+        p2c.observe(
+            a,
+            Observation {
+                latency_ns: 1_000_000,
+                outcome: Outcome::Success,
+                now_ns: 12 * second,
+            },
+        );
+        assert!(!p2c.stale(a, 13 * second));
     }
 
     #[test]
