@@ -434,6 +434,8 @@ impl Pick for LeastConn {
 #[derive(Debug, Clone, Copy)]
 pub struct P2c {
     decay_ns: f64,
+    /// The decay time in whole nanoseconds: past it, an unheard-from endpoint is probed.
+    decay_whole_ns: u64,
     inverse_decay: f64,
     failure_penalty_ns: f64,
     initial_latency_ns: f64,
@@ -443,6 +445,7 @@ impl Default for P2c {
     fn default() -> Self {
         Self {
             decay_ns: 10e9,
+            decay_whole_ns: 10_000_000_000,
             inverse_decay: 1e-10,
             failure_penalty_ns: 1e9,
             initial_latency_ns: 30e6,
@@ -461,6 +464,7 @@ impl P2c {
     /// (Finagle's).
     pub fn decay(mut self, decay: Duration) -> Self {
         self.decay_ns = (decay.as_nanos() as f64).max(1.0);
+        self.decay_whole_ns = u64::try_from(decay.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.inverse_decay = 1.0 / self.decay_ns;
         self
     }
@@ -501,30 +505,35 @@ impl P2c {
 }
 
 impl P2c {
-    /// Whether nothing has been heard from `endpoint` for a whole decay time while it has
-    /// an estimate and no call in flight. Such an endpoint gets the call as a probe: its
-    /// estimate is too old to trust, and one answer refreshes it. Without this, an instance
-    /// whose failures pushed its estimate up (the penalty doubles, to 64 s) would get nothing
-    /// for minutes after it healed, since P2c never picks the dearer of two.
+    /// Whether to take `y` over `x`, loading each endpoint's state once.
+    ///
+    /// An endpoint nothing has been heard from for a whole decay time, with an estimate and no
+    /// call in flight, wins as a probe: its estimate is too old to trust, and one answer
+    /// refreshes it. Without this, an instance whose failures pushed its estimate up (the
+    /// penalty doubles, to 64 s) would get nothing for minutes after it healed, since P2c
+    /// never picks the dearer of two.
+    ///
+    /// Otherwise `cost(y) < cost(x)`, decided with one `exp` and no division: both estimates
+    /// decay by `e^(−(now − t)/τ)`, so only the difference of their timestamps matters, and
+    /// the weights move across the comparison as products.
     #[inline]
-    fn stale<K, S>(&self, endpoint: &Endpoint<K, S>, now_ns: u64) -> bool {
-        let (estimate, at) = endpoint.cost_state();
-        estimate != 0.0
-            && now_ns.saturating_sub(at) as f64 > self.decay_ns
-            && endpoint.in_flight() == 0
-    }
-
-    /// `cost(x) < cost(y)`, decided with one `exp` and no division: both estimates decay by
-    /// `e^(−(now − t)/τ)`, so only the difference of their timestamps matters, and the weights
-    /// move across the comparison as products.
-    #[inline]
-    fn cheaper<K, S>(&self, x: &Endpoint<K, S>, y: &Endpoint<K, S>, now_ns: u64) -> bool {
-        let (ex, tx) = self.estimate(x, now_ns);
-        let (ey, ty) = self.estimate(y, now_ns);
-        let lhs = ex * (x.in_flight() as f64 + 1.0) * f64::from(y.weight());
-        let rhs = ey * (y.in_flight() as f64 + 1.0) * f64::from(x.weight());
-        // lhs·e^(−(now−tx)/τ) < rhs·e^(−(now−ty)/τ)  ⇔  lhs < rhs·e^((ty−tx)/τ)
-        let z = (ty as f64 - tx as f64) * self.inverse_decay;
+    fn prefers<K, S>(&self, x: &Endpoint<K, S>, y: &Endpoint<K, S>, now_ns: u64) -> bool {
+        let (ex, tx) = x.cost_state();
+        let (ey, ty) = y.cost_state();
+        let (fx, fy) = (x.in_flight(), y.in_flight());
+        // Both observed within the decay time: the usual case, one comparison.
+        let oldest = tx.min(ty);
+        if now_ns.saturating_sub(oldest) > self.decay_whole_ns {
+            if let Some(take_y) = self.probe([(ex, tx, fx), (ey, ty, fy)], now_ns) {
+                return take_y;
+            }
+        }
+        let (ex, tx) = self.known_or_initial(ex, tx, now_ns);
+        let (ey, ty) = self.known_or_initial(ey, ty, now_ns);
+        let lhs = ey * (fy as f64 + 1.0) * f64::from(x.weight());
+        let rhs = ex * (fx as f64 + 1.0) * f64::from(y.weight());
+        // lhs·e^(−(now−ty)/τ) < rhs·e^(−(now−tx)/τ)  ⇔  lhs < rhs·e^((tx−ty)/τ)
+        let z = (tx as f64 - ty as f64) * self.inverse_decay;
         // Busy endpoints were updated within a fraction of τ of each other; there e^z is
         // 1 + z + z²/2 to within 2·10⁻⁷, several times cheaper than `exp`.
         let skew = if z.abs() < 0.01 {
@@ -533,6 +542,36 @@ impl P2c {
             z.exp()
         };
         lhs < rhs * skew
+    }
+
+    /// The probe rule, out of line (rarely reached): `Some(false)` takes the first endpoint,
+    /// `Some(true)` the second, `None` leaves the choice to their costs.
+    #[cold]
+    #[inline(never)]
+    fn probe(&self, pair: [(f64, u64, usize); 2], now_ns: u64) -> Option<bool> {
+        pair.iter()
+            .position(|&(estimate, at, in_flight)| {
+                estimate != 0.0 && in_flight == 0 && now_ns.saturating_sub(at) > self.decay_whole_ns
+            })
+            .map(|i| i == 1)
+    }
+
+    /// An estimate of zero means "never answered": cost it at the initial latency, now.
+    #[inline]
+    fn known_or_initial(&self, estimate: f64, at: u64, now_ns: u64) -> (f64, u64) {
+        if estimate == 0.0 {
+            (self.initial_latency_ns, now_ns)
+        } else {
+            (estimate, at)
+        }
+    }
+
+    #[cfg(test)]
+    fn stale<K, S>(&self, endpoint: &Endpoint<K, S>, now_ns: u64) -> bool {
+        let (estimate, at) = endpoint.cost_state();
+        estimate != 0.0
+            && endpoint.in_flight() == 0
+            && now_ns.saturating_sub(at) > self.decay_whole_ns
     }
 }
 
@@ -556,13 +595,7 @@ impl Pick for P2c {
             let (a, b) = draw_two(cx, n);
             let (ea, eb) = (set.get(a)?, set.get(b)?);
             let now = cx.now_nanos();
-            return Some(if self.stale(ea, now) {
-                a
-            } else if self.stale(eb, now) || self.cheaper(eb, ea, now) {
-                b
-            } else {
-                a
-            });
+            return Some(if self.prefers(ea, eb, now) { b } else { a });
         }
         for _ in 0..4 {
             let (a, b) = draw_two(cx, n);
@@ -577,10 +610,7 @@ impl Pick for P2c {
                 return Some(b);
             }
             match (cx.is_eligible(ea), cx.is_eligible(eb)) {
-                (true, true) if self.stale(ea, now) => return Some(a),
-                (true, true) if self.stale(eb, now) || self.cheaper(eb, ea, now) => {
-                    return Some(b);
-                }
+                (true, true) if self.prefers(ea, eb, now) => return Some(b),
                 (true, _) => return Some(a),
                 (false, true) => return Some(b),
                 (false, false) => {} // both ejected: draw again
