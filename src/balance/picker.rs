@@ -426,7 +426,8 @@ impl Pick for LeastConn {
 /// tried exponentially less often (a success resets it). An endpoint nothing has been heard
 /// from for a whole [`decay`](Self::decay) time, with no call in flight, gets the next call
 /// it is drawn for: one probe at a time, so an instance that failed and healed rejoins within
-/// seconds instead of waiting minutes for its penalty to decay.
+/// a decay time (its first success ends the penalty) instead of waiting minutes for the
+/// penalty to decay.
 ///
 /// Like every power-of-two-choices balancer, it still sends a call to a bad endpoint when both
 /// draws are bad: with `k` bad endpoints out of `n`, about `k(k − 1) / (n(n − 1))` of calls.
@@ -434,7 +435,8 @@ impl Pick for LeastConn {
 #[derive(Debug, Clone, Copy)]
 pub struct P2c {
     decay_ns: f64,
-    /// The decay time in whole nanoseconds: past it, an unheard-from endpoint is probed.
+    /// `decay_ns` in whole nanoseconds, like `inverse_decay` precomputed for the pick: the
+    /// integer comparison that decides whether a probe is due costs less than a conversion.
     decay_whole_ns: u64,
     inverse_decay: f64,
     failure_penalty_ns: f64,
@@ -550,10 +552,13 @@ impl P2c {
     #[inline(never)]
     fn probe(&self, pair: [(f64, u64, usize); 2], now_ns: u64) -> Option<bool> {
         pair.iter()
-            .position(|&(estimate, at, in_flight)| {
-                estimate != 0.0 && in_flight == 0 && now_ns.saturating_sub(at) > self.decay_whole_ns
-            })
+            .position(|&(estimate, at, in_flight)| self.stale(estimate, at, in_flight, now_ns))
             .map(|i| i == 1)
+    }
+
+    /// Whether an endpoint with this state is due a probe at `now_ns`.
+    fn stale(&self, estimate: f64, at: u64, in_flight: usize, now_ns: u64) -> bool {
+        estimate != 0.0 && in_flight == 0 && now_ns.saturating_sub(at) > self.decay_whole_ns
     }
 
     /// An estimate of zero means "never answered": cost it at the initial latency, now.
@@ -564,14 +569,6 @@ impl P2c {
         } else {
             (estimate, at)
         }
-    }
-
-    #[cfg(test)]
-    fn stale<K, S>(&self, endpoint: &Endpoint<K, S>, now_ns: u64) -> bool {
-        let (estimate, at) = endpoint.cost_state();
-        estimate != 0.0
-            && endpoint.in_flight() == 0
-            && now_ns.saturating_sub(at) > self.decay_whole_ns
     }
 }
 
@@ -637,7 +634,13 @@ impl Pick for P2c {
         }
         // A zero estimate means "never answered"; keep real samples strictly positive.
         let sample = sample.max(1.0);
-        let next = if estimate == 0.0 {
+        // An estimate at or above the failure penalty was made by failures (healthy latency is
+        // below it): a success ends that, rather than being averaged into it, where it would
+        // weigh nothing and leave the endpoint unpicked until the penalty decays (minutes).
+        let failing = observation.outcome != Outcome::Failure
+            && ewma::decayed(estimate, at, observation.now_ns, self.decay_ns)
+                >= self.failure_penalty_ns;
+        let next = if estimate == 0.0 || failing {
             sample
         } else {
             ewma::observe(estimate, at, sample, observation.now_ns, self.decay_ns)
@@ -1103,17 +1106,21 @@ mod tests {
         assert_eq!(pick_at(11 * second, &mut rng), 0, "a is probed");
         a.acquire();
         assert_eq!(pick_at(12 * second, &mut rng), 1, "one probe at a time");
-        // The probe answers fast: a is fresh again and competes on its new estimate.
+        // The probe answers in 0.5 ms: the success ends the penalty (rather than being averaged
+        // into 19 s of decayed failures), and a, now the cheaper, takes the calls again.
         a.release();
         p2c.observe(
             a,
             Observation {
-                latency_ns: 1_000_000,
+                latency_ns: 500_000,
                 outcome: Outcome::Success,
                 now_ns: 12 * second,
             },
         );
-        assert!(!p2c.stale(a, 13 * second));
+        assert_eq!(p2c.cost(a, 12 * second), 5e5);
+        for i in 1..=5 {
+            assert_eq!(pick_at(12 * second + i, &mut rng), 0, "a is back");
+        }
     }
 
     #[test]
