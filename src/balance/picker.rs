@@ -423,11 +423,10 @@ impl Pick for LeastConn {
 /// until their first answers come back. A failed call records a latency of at least
 /// [`failure_penalty`](Self::failure_penalty), and at least twice the endpoint's current
 /// estimate, so an endpoint that fails fast does not look fast, and one that keeps failing is
-/// tried exponentially less often (a success resets it). An endpoint nothing has been heard
-/// from for a whole [`decay`](Self::decay) time, with no call in flight, gets the next call
-/// it is drawn for: one probe at a time, so an instance that failed and healed rejoins within
-/// a decay time (its first success ends the penalty) instead of waiting minutes for the
-/// penalty to decay.
+/// tried exponentially less often. An endpoint nothing has been heard from for a whole
+/// [`decay`](Self::decay) time, with no call in flight, gets the next call it is drawn for
+/// (one probe at a time), and that answer replaces its old estimate: an instance that failed
+/// and healed rejoins within a decay time instead of waiting minutes for its penalty to decay.
 ///
 /// Like every power-of-two-choices balancer, it still sends a call to a bad endpoint when both
 /// draws are bad: with `k` bad endpoints out of `n`, about `k(k − 1) / (n(n − 1))` of calls.
@@ -634,13 +633,12 @@ impl Pick for P2c {
         }
         // A zero estimate means "never answered"; keep real samples strictly positive.
         let sample = sample.max(1.0);
-        // An estimate at or above the failure penalty was made by failures (healthy latency is
-        // below it): a success ends that, rather than being averaged into it, where it would
-        // weigh nothing and leave the endpoint unpicked until the penalty decays (minutes).
-        let failing = observation.outcome != Outcome::Failure
-            && ewma::decayed(estimate, at, observation.now_ns, self.decay_ns)
-                >= self.failure_penalty_ns;
-        let next = if estimate == 0.0 || failing {
+        // An estimate older than the decay time is too old to trust (the probe rule in
+        // `prefers` is what sends such an endpoint a call): the answer replaces it. Averaged
+        // in, a fast answer would barely move an estimate that failures pushed to seconds, and
+        // the endpoint would wait minutes for the penalty to decay.
+        let stale = observation.now_ns.saturating_sub(at) > self.decay_whole_ns;
+        let next = if estimate == 0.0 || stale {
             sample
         } else {
             ewma::observe(estimate, at, sample, observation.now_ns, self.decay_ns)
@@ -1106,8 +1104,8 @@ mod tests {
         assert_eq!(pick_at(11 * second, &mut rng), 0, "a is probed");
         a.acquire();
         assert_eq!(pick_at(12 * second, &mut rng), 1, "one probe at a time");
-        // The probe answers in 0.5 ms: the success ends the penalty (rather than being averaged
-        // into 19 s of decayed failures), and a, now the cheaper, takes the calls again.
+        // The probe answers in 0.5 ms: the answer replaces the 12 s old estimate (averaged in, it
+        // would have left 19 s of decayed failures), and a, now the cheaper, takes calls again.
         a.release();
         p2c.observe(
             a,
