@@ -232,17 +232,20 @@ where
 
 /// Points `uri` at `authority` over plain HTTP, keeping its path and query.
 fn rewrite(uri: &Uri, authority: &Authority) -> Result<Uri, http::Error> {
-    // Only an origin-form path can follow an authority; `*` and empty paths become `/`.
-    let path = uri
-        .path_and_query()
-        .filter(|p| p.path().starts_with('/'))
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(authority.clone())
-        .path_and_query(path)
+        .path_and_query(origin_path(uri))
         .build()
+}
+
+/// The path and query an upstream request carries: only an origin-form path can follow an
+/// authority or start an HTTP/1.1 request line, so `*` and empty paths become `/`.
+fn origin_path(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .filter(|p| p.path().starts_with('/'))
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 /// The future of an [`HttpEndpoint`] call.

@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::HeaderValue;
-use http::uri::{PathAndQuery, Uri};
+use http::uri::Uri;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -145,13 +145,7 @@ where
         mut request: http::Request<B>,
     ) -> Result<http::Response<Incoming>, BoxError> {
         // HTTP/1.1 wants the origin form on the wire, and a Host header.
-        let path = request
-            .uri()
-            .path_and_query()
-            .filter(|p| p.path().starts_with('/'))
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *request.uri_mut() = Uri::from(path);
+        *request.uri_mut() = Uri::from(super::origin_path(request.uri()));
         if !request.headers().contains_key(http::header::HOST) {
             if let Some(host) = &self.host {
                 request

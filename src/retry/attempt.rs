@@ -18,7 +18,8 @@ thread_local! {
 
 /// Runs `call` with `tried` as the endpoints to avoid, then adds the endpoint it picked.
 ///
-/// A first attempt (nothing to avoid) costs two `Cell` swaps; only a retry swaps its list in.
+/// A first attempt (nothing to avoid) costs two `Cell` swaps and a look at the list; only a
+/// retry (or an attempt nested in one) swaps a list in.
 #[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(crate) fn with_avoided<T>(tried: &mut Vec<usize>, call: impl FnOnce() -> T) -> T {
     struct Restore {

@@ -133,7 +133,7 @@ impl RetryBudget {
 
     /// Counts one request (call it once per original request, not per retry).
     pub fn deposit(&self) {
-        self.inner.window.add(self.now(), 1, 0);
+        self.deposit_at(Instant::now());
     }
 
     /// Counts one request made at `at` (a time the caller has already read).

@@ -312,14 +312,13 @@ where
         let idempotent = idempotent_method(request.method())
             || request.extensions().get::<Idempotent>().is_some();
         let (parts, body) = request.into_parts();
-        let request = Request::from_parts(
+        let mut request = Request::from_parts(
             parts,
             ReplayBody::with_cap(body, self.policy.config.replay_cap),
         );
         // The template for retries. Its deadline is kept beside it rather than in a copy of
         // the extensions when it is their only entry (the usual case under a DeadlineLayer):
         // copying an extensions map costs three allocations on every call, retried or not.
-        let mut request = request;
         let deadline = request.extensions().get::<Deadline>().copied();
         let template = if deadline.is_some() && request.extensions().len() == 1 {
             let extensions = std::mem::take(request.extensions_mut());
