@@ -83,7 +83,7 @@ async fn spread<S>(users: &S, n: usize) -> Result<BTreeMap<String, usize>, BoxEr
 where
     S: tower::Service<
             http::Request<Empty<Bytes>>,
-            Response = http::Response<hyper::body::Incoming>,
+            Response = http::Response<seawall::http::ResponseBody>,
             Error = BoxError,
         > + Clone,
 {

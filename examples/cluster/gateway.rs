@@ -38,7 +38,7 @@ use crate::instance::{Behaviour, Cluster};
 /// What the gateway sends upstream: the caller's body, capped, or nothing (token checks).
 pub type GatewayBody = Either<Limited<Incoming>, Empty<Bytes>>;
 /// What the gateway answers with: an upstream's body, streamed, or its own.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<seawall::http::ResponseBody, Full<Bytes>>;
 type Service = HttpUpstream<String, GatewayBody, Picker>;
 
 /// How the gateway routes.

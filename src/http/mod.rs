@@ -3,9 +3,10 @@
 //! [`HttpEndpoints`] turns a discovery stream of addresses (or [`Instance`]s) into a stream of
 //! [`HttpEndpoint`]s. With [`HttpEndpoints::new`] they all share one hyper-util `Client`
 //! (HTTP/1 and HTTP/2, any connector; connections pooled per instance address). With
-//! [`HttpEndpoints::http1`] each endpoint keeps HTTP/1.1 connections of its own, which saves
-//! the shared pool's per-request lookup and task: about a sixth of the instructions of a
-//! request proxied by the example gateway ([`Http1Config`] says more).
+//! [`HttpEndpoints::http1`] each endpoint keeps HTTP/1.1 connections of its own and the
+//! caller's task drives them: no pool lookup, no connection task, no per-request hand-off;
+//! about a third fewer instructions per request proxied by the example gateway
+//! ([`Http1Config`] says more). Either way responses come with a [`ResponseBody`].
 //!
 //! # Examples
 //!
@@ -51,10 +52,12 @@ use pin_project::pin_project;
 use tower::Service;
 use tower::discover::Change;
 
+mod h1;
 pub mod headers;
 mod pool;
 mod replay;
 
+pub use self::h1::ExchangeError;
 pub use self::pool::{ConnectError, Http1Config};
 pub use self::replay::{BodyNotReplayable, DEFAULT_REPLAY_CAP, ReplayBody};
 
@@ -104,7 +107,7 @@ enum Transport<B> {
     /// Shared behind an `Arc`: the balancer clones an endpoint per call, and a client clone
     /// is several reference counts.
     Shared(Arc<Client<HttpConnector, B>>),
-    Own(Arc<Http1Pool<B>>),
+    Own(Arc<Http1Pool>),
 }
 
 impl<B> Clone for Transport<B> {
@@ -197,7 +200,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    type Response = http::Response<Incoming>;
+    type Response = http::Response<ResponseBody>;
     type Error = BoxError;
     type Future = HttpResponseFuture;
 
@@ -210,7 +213,9 @@ where
         let client = match &self.transport {
             Transport::Shared(client) => client,
             Transport::Own(pool) => {
-                return HttpResponseFuture::Own(Box::pin(Arc::clone(pool).send(request)));
+                return HttpResponseFuture {
+                    inner: Inner::Own(Box::pin(Arc::clone(pool).send(request))),
+                };
             }
         };
         let Some(authority) = &self.authority else {
@@ -218,15 +223,18 @@ where
                 "instance address {} is not a valid URI authority",
                 self.addr
             );
-            return HttpResponseFuture::Failed(Some(error.into()));
+            return HttpResponseFuture {
+                inner: Inner::Failed(Some(error.into())),
+            };
         };
-        match rewrite(request.uri(), authority) {
+        let inner = match rewrite(request.uri(), authority) {
             Ok(uri) => {
                 *request.uri_mut() = uri;
-                HttpResponseFuture::Sent(client.request(request))
+                Inner::Sent(client.request(request))
             }
-            Err(error) => HttpResponseFuture::Failed(Some(error.into())),
-        }
+            Err(error) => Inner::Failed(Some(error.into())),
+        };
+        HttpResponseFuture { inner }
     }
 }
 
@@ -249,12 +257,23 @@ fn origin_path(uri: &Uri) -> PathAndQuery {
 }
 
 /// The future of an [`HttpEndpoint`] call.
-#[pin_project(project = HttpResponseProj)]
-pub enum HttpResponseFuture {
+#[pin_project]
+pub struct HttpResponseFuture {
+    #[pin]
+    inner: Inner,
+}
+
+/// The response of the endpoint's own connections: the exchange is an `async fn`, whose
+/// future cannot be named.
+type OwnFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<h1::Incoming>, BoxError>> + Send>>;
+
+#[pin_project(project = InnerProj)]
+enum Inner {
     /// The request is on its way (shared client).
     Sent(#[pin] hyper_util::client::legacy::ResponseFuture),
     /// The request is on its way (the endpoint's own connections).
-    Own(Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, BoxError>> + Send>>),
+    Own(OwnFuture),
     /// The request could not be sent.
     Failed(Option<BoxError>),
 }
@@ -266,18 +285,124 @@ impl fmt::Debug for HttpResponseFuture {
 }
 
 impl Future for HttpResponseFuture {
-    type Output = Result<http::Response<Incoming>, BoxError>;
+    type Output = Result<http::Response<ResponseBody>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            HttpResponseProj::Sent(future) => {
-                Poll::Ready(ready!(future.poll(cx)).map_err(Into::into))
-            }
-            HttpResponseProj::Own(future) => future.as_mut().poll(cx),
-            HttpResponseProj::Failed(error) => Poll::Ready(Err(error
+        match self.project().inner.project() {
+            InnerProj::Sent(future) => Poll::Ready(
+                ready!(future.poll(cx))
+                    .map(|response| response.map(ResponseBody::hyper))
+                    .map_err(Into::into),
+            ),
+            InnerProj::Own(future) => Poll::Ready(
+                ready!(future.as_mut().poll(cx)).map(|response| response.map(ResponseBody::own)),
+            ),
+            InnerProj::Failed(error) => Poll::Ready(Err(error
                 .take()
                 .unwrap_or_else(|| "http endpoint future polled after completion".into()))),
         }
+    }
+}
+
+/// The body of a response from an [`HttpEndpoint`]: streamed as it arrives.
+///
+/// Over [`HttpEndpoint::http1`] the body reads from the connection the request went out on,
+/// and gives the connection back to the endpoint when the body has ended; dropping the body
+/// before its end closes that connection instead. Pass it on (it implements
+/// [`http_body::Body`]) or collect it:
+///
+/// ```no_run
+/// use http_body_util::BodyExt;
+/// use seawall::http::ResponseBody;
+///
+/// # async fn run(response: http::Response<ResponseBody>) -> Result<(), seawall::BoxError> {
+/// let bytes = response.into_body().collect().await?.to_bytes();
+/// println!("{} bytes", bytes.len());
+/// # Ok(())
+/// # }
+/// ```
+pub struct ResponseBody {
+    inner: BodyInner,
+}
+
+enum BodyInner {
+    Hyper(Incoming),
+    Own(h1::Incoming),
+}
+
+impl ResponseBody {
+    fn hyper(body: Incoming) -> Self {
+        Self {
+            inner: BodyInner::Hyper(body),
+        }
+    }
+
+    fn own(body: h1::Incoming) -> Self {
+        Self {
+            inner: BodyInner::Own(body),
+        }
+    }
+}
+
+impl fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseBody").finish_non_exhaustive()
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = bytes::Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
+        match &mut self.get_mut().inner {
+            BodyInner::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| BodyError { source: e.into() }),
+            BodyInner::Own(body) => body
+                .poll_frame(cx)
+                .map_err(|e| BodyError { source: e.into() }),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            BodyInner::Hyper(body) => body.is_end_stream(),
+            BodyInner::Own(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.inner {
+            BodyInner::Hyper(body) => body.size_hint(),
+            BodyInner::Own(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A response body broke off: the connection failed or the instance broke the framing it
+/// announced. The response is incomplete; [`source`](std::error::Error::source) says why.
+#[derive(Debug)]
+pub struct BodyError {
+    source: BoxError,
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the response body broke off ({}); the response is incomplete",
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
     }
 }
 

@@ -1,26 +1,25 @@
-//! An HTTP/1.1 client for one instance: its own keep-alive connections, found without a lookup.
+//! An HTTP/1.1 client for one instance: its own keep-alive connections, found without a lookup,
+//! driven by the request that uses them.
 //!
 //! hyper-util's pooled `Client` serves every host from one map: each request hashes the
 //! scheme and authority (byte by byte, with SipHash) to find its pool, takes a lock, and for
 //! HTTP/1 spawns a task per request that waits for the connection to be free again before
-//! putting it back. Measured in the example gateway, that machinery cost about a fifth of the
-//! instructions of a proxied request. A balancer endpoint already *is* the pool key, so
-//! [`Http1Pool`] keeps the connections in the endpoint itself: a request takes the first
-//! connection that is ready, or opens one, and the connection stays in the pool the whole
-//! time (a connection still streaming its last response is merely not ready yet).
+//! putting it back; and hyper's connections each run in a task of their own, so every
+//! request is handed to that task over a channel and its response handed back. Measured in
+//! the example gateway, the two cost about two fifths of the instructions of a proxied
+//! request. A balancer endpoint already *is* the pool key, so [`Http1Pool`] keeps idle
+//! connections in the endpoint itself, and the request's own future writes the request and
+//! reads the response on the connection it took (see `h1`): nothing is handed to another task.
+//! The response body holds the connection until its last byte and then puts it back.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::HeaderValue;
-use http::uri::Uri;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 
+use super::h1::{self, Conn, ExchangeError, Failure, Outgoing};
 use crate::BoxError;
 
 /// Settings of the connections an [`HttpEndpoint::http1`](super::HttpEndpoint::http1) opens.
@@ -28,8 +27,23 @@ use crate::BoxError;
 /// Plain TCP and HTTP/1.1 only: no TLS, no HTTP/2, no protocol upgrades (use
 /// [`HttpEndpoint::new`](super::HttpEndpoint::new) over a hyper-util client for those). An
 /// idle connection has no timer of its own: it stays until the server closes it (found and
-/// dropped at the next request), the endpoint leaves discovery, or it is beyond
-/// [`max_idle`](Self::max_idle).
+/// dropped when it would be used, or when it is the oldest as another comes back), the
+/// endpoint leaves discovery, or it is beyond [`max_idle`](Self::max_idle).
+///
+/// What the connections do on the wire:
+/// - A request body goes out with the `content-length` the request declares, else its exact
+///   size, else chunked; a response body is read by `transfer-encoding: chunked`,
+///   `content-length`, or until the server closes (RFC 9112). Interim (1xx) answers are
+///   skipped; heads over 64 KiB or 100 fields are refused.
+/// - A connection is used again only if both messages ended exactly where their framing said
+///   and neither side said `connection: close`. A server that answers before it has read the
+///   whole request body gets its answer through; the rest of the body is not sent and the
+///   connection closes. A response body dropped before its end closes its connection, unless
+///   the rest of it has already arrived.
+/// - A kept connection the server closed in the meantime (the keep-alive race) is retried
+///   once on a new connection when that is safe: the write failed before any body was
+///   spent, or the method is idempotent and had no body. Otherwise the caller gets an
+///   [`ExchangeError`](super::ExchangeError), which a retry layer classifies as usual.
 ///
 /// ```
 /// use std::time::Duration;
@@ -104,18 +118,16 @@ impl std::error::Error for ConnectError {
 }
 
 /// The connections to one instance.
-pub(crate) struct Http1Pool<B> {
+pub(crate) struct Http1Pool {
     addr: SocketAddr,
     /// `Host` for requests that come without one.
     host: Option<HeaderValue>,
     config: Http1Config,
-    /// Connections not serving a request, most recently used last. A connection comes back
-    /// when its response head has arrived, so one is at worst finishing a short body; the
-    /// last is the warmest.
-    conns: Mutex<Vec<SendRequest<B>>>,
+    /// Connections between exchanges, most recently used last (the warmest).
+    idle: Mutex<Vec<Conn>>,
 }
 
-impl<B> fmt::Debug for Http1Pool<B> {
+impl fmt::Debug for Http1Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Http1Pool")
             .field("addr", &self.addr)
@@ -124,86 +136,93 @@ impl<B> fmt::Debug for Http1Pool<B> {
     }
 }
 
-impl<B> Http1Pool<B>
-where
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+impl Http1Pool {
     pub(crate) fn new(addr: SocketAddr, config: Http1Config) -> Self {
         Self {
             addr,
             host: HeaderValue::from_str(&addr.to_string()).ok(),
             config,
-            conns: Mutex::new(Vec::new()),
+            idle: Mutex::new(Vec::new()),
         }
     }
 
-    /// Sends `request` on a ready connection, or on a new one.
-    pub(crate) async fn send(
+    /// Sends `request` on an idle connection, or on a new one, and reads the response head;
+    /// the body comes with the response and gives the connection back when it has ended.
+    pub(crate) async fn send<B>(
         self: Arc<Self>,
-        mut request: http::Request<B>,
-    ) -> Result<http::Response<Incoming>, BoxError> {
-        // HTTP/1.1 wants the origin form on the wire, and a Host header.
-        *request.uri_mut() = Uri::from(super::origin_path(request.uri()));
-        if !request.headers().contains_key(http::header::HOST) {
-            if let Some(host) = &self.host {
-                request
-                    .headers_mut()
-                    .insert(http::header::HOST, host.clone());
-            }
-        }
-        if let Some(mut conn) = self.take_ready() {
-            match conn.try_send_request(request).await {
-                Ok(response) => {
-                    self.keep(conn);
-                    return Ok(response);
+        request: http::Request<B>,
+    ) -> Result<http::Response<h1::Incoming>, BoxError>
+    where
+        B: http_body::Body + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = request.into_parts();
+        // HTTP/1.1 wants the origin form on the wire.
+        let path = super::origin_path(&parts.uri);
+        let (mut conn, mut reused) = match self.take_idle() {
+            Some(conn) => (conn, true),
+            None => (self.connect().await?, false),
+        };
+        let encode = |conn: &mut Conn, body: &B| {
+            h1::encode_head(conn, &parts, path.as_str(), self.host.as_ref(), body)
+                .map_err(|failure| ExchangeError::new(self.addr, failure))
+        };
+        let sending = encode(&mut conn, &body)?;
+        let mut outgoing = Outgoing::new(body, sending);
+        loop {
+            match h1::exchange(&mut conn, &mut outgoing, &parts.method).await {
+                Ok(head) => {
+                    let sent = outgoing.done;
+                    return Ok(h1::respond(conn, head, sent, self));
                 }
-                // The connection closed before the request left (an idle connection the
-                // server had just closed): send it on a new one.
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(error.into_error().into()),
-                },
+                // A kept connection the server had closed (the keep-alive race): the
+                // request goes out again on a new connection if nothing of its body was
+                // spent, and either the server cannot have read it (the write failed) or
+                // reading it twice does no harm.
+                Err(failure)
+                    if reused
+                        && !outgoing.body_polled()
+                        && match failure {
+                            Failure::Write(_) => true,
+                            Failure::ClosedBeforeResponse => idempotent(&parts.method),
+                            _ => false,
+                        } =>
+                {
+                    conn = self.connect().await?;
+                    reused = false;
+                    encode(&mut conn, &outgoing.body)?;
+                    outgoing.restart();
+                }
+                Err(failure) => return Err(ExchangeError::new(self.addr, failure).into()),
             }
         }
-        let mut conn = self.connect().await?;
-        let response = conn.send_request(request).await;
-        self.keep(conn);
-        Ok(response?)
     }
 
-    /// A kept connection that can take a request now; closed ones are dropped on the way.
-    fn take_ready(&self) -> Option<SendRequest<B>> {
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut i = conns.len();
-        while i > 0 {
-            i -= 1;
-            match conns[i].poll_ready(&mut cx) {
-                Poll::Ready(Ok(())) => return Some(conns.swap_remove(i)),
-                // Still reading its last response: busy, not broken.
-                Poll::Pending => {}
-                Poll::Ready(Err(_)) => {
-                    conns.swap_remove(i);
-                }
+    /// An idle connection the server has not closed; closed ones are dropped on the way.
+    fn take_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(conn) = idle.pop() {
+            if conn.is_usable() {
+                return Some(conn);
             }
         }
         None
     }
 
-    /// Keeps a connection for later requests, unless enough are kept or it is closed.
-    fn keep(&self, conn: SendRequest<B>) {
-        if conn.is_closed() {
-            return;
+    /// Keeps a connection whose exchange ended cleanly, unless enough are kept.
+    pub(crate) fn keep(&self, conn: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        // The coldest connection is looked at once per return, so one the server closed
+        // long ago does not hold its socket until every warmer one is gone.
+        if idle.first().is_some_and(|oldest| !oldest.is_usable()) {
+            idle.remove(0);
         }
-        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        if conns.len() < self.config.max_idle {
-            conns.push(conn);
+        if idle.len() < self.config.max_idle {
+            idle.push(conn);
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<B>, ConnectError> {
+    async fn connect(&self) -> Result<Conn, ConnectError> {
         let error = |source: BoxError| ConnectError {
             addr: self.addr,
             source,
@@ -217,14 +236,15 @@ where
         }
         .map_err(|e| error(e.into()))?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| error(e.into()))?;
-        // The connection is driven by its own task, as hyper's client connections are; it
-        // ends when the server closes it or the pool drops its sender.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(sender)
+        Ok(Conn::new(stream))
     }
+}
+
+/// Methods RFC 9110 (9.2.2) calls idempotent.
+fn idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }

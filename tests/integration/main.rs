@@ -22,6 +22,8 @@ mod dns;
 mod ejection;
 #[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "http")]
+mod h1;
 mod health;
 #[cfg(feature = "http")]
 mod http;

@@ -1,0 +1,975 @@
+//! One HTTP/1.1 exchange on a connection the caller owns, driven by the caller's own task.
+//!
+//! hyper's client gives every connection a task of its own: a request travels to it over a
+//! channel, and its response comes back over another. In a proxy that is a hand-off per
+//! request, and about a third of the instructions a request proxied by the example gateway
+//! cost. Here the request's future writes the request and reads the response head itself,
+//! and the response body reads the rest and gives the connection back to its pool when the
+//! last byte has arrived.
+//!
+//! Framing follows RFC 9112: request bodies are sent with the `content-length` they declare
+//! (or their exact size) or chunked; response bodies are read by `transfer-encoding:
+//! chunked`, `content-length`, or until the server closes, and a connection is kept only
+//! when both messages ended exactly where their framing said they would.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+use super::pool::Http1Pool;
+use crate::BoxError;
+
+/// Headers a response head may carry.
+const MAX_HEADERS: usize = 100;
+/// Bytes a response head (or a chunk-size line, or the trailers) may take.
+const MAX_HEAD: usize = 64 * 1024;
+/// Bytes read at a time.
+const READ_CHUNK: usize = 8 * 1024;
+/// Body bytes gathered before they are written.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// A connection to an instance, between or during exchanges.
+pub(crate) struct Conn {
+    io: TcpStream,
+    /// Bytes read and not yet consumed.
+    read: BytesMut,
+    /// Bytes to write: the request head and the body gathered so far.
+    write: Vec<u8>,
+    /// Where each header of the last response head lies in `read`.
+    spans: Vec<Span>,
+}
+
+/// A header's name and value as offsets into the response head.
+#[derive(Clone, Copy)]
+struct Span {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+impl Conn {
+    pub(crate) fn new(io: TcpStream) -> Self {
+        Self {
+            io,
+            read: BytesMut::with_capacity(READ_CHUNK),
+            write: Vec::with_capacity(1024),
+            spans: Vec::new(),
+        }
+    }
+
+    /// Whether a connection that sat idle is still usable: the server neither closed it nor
+    /// sent anything unasked. Costs a system call only if the socket has become readable.
+    pub(crate) fn is_usable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Reads more bytes into `read`; 0 means the server closed the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
+            self.read.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+}
+
+/// What went wrong in an exchange, and whether the request may have reached the server.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Writing the request failed: the server closed or reset the connection.
+    Write(io::Error),
+    /// The connection closed before any byte of a response arrived.
+    ClosedBeforeResponse,
+    /// Reading the response failed.
+    Read(io::Error),
+    /// The response head broke the protocol.
+    Malformed(&'static str),
+    /// The request itself could not be sent as it is.
+    Request(&'static str),
+    /// The request body failed.
+    RequestBody(BoxError),
+}
+
+/// An HTTP/1.1 exchange with one instance failed.
+///
+/// Says which instance and what happened; [`source`](std::error::Error::source) is the I/O
+/// error or the request body's own error where there is one (so a body over its cap is still
+/// recognised by [`ErrorKind`](crate::ErrorKind)).
+#[derive(Debug)]
+pub struct ExchangeError {
+    addr: SocketAddr,
+    failure: Failure,
+}
+
+impl ExchangeError {
+    pub(crate) fn new(addr: SocketAddr, failure: Failure) -> Self {
+        Self { addr, failure }
+    }
+
+    /// The instance address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let addr = self.addr;
+        match &self.failure {
+            Failure::Write(e) => write!(f, "sending the request to {addr} failed: {e}"),
+            Failure::ClosedBeforeResponse => write!(
+                f,
+                "{addr} closed the connection without answering; the request may or may not \
+                 have been processed"
+            ),
+            Failure::Read(e) => write!(f, "reading the response of {addr} failed: {e}"),
+            Failure::Malformed(what) => write!(f, "{addr} sent a malformed response: {what}"),
+            Failure::Request(what) => write!(f, "cannot send the request to {addr}: {what}"),
+            Failure::RequestBody(e) => {
+                write!(f, "the request body failed while being sent to {addr}: {e}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ExchangeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.failure {
+            Failure::Write(e) | Failure::Read(e) => Some(e),
+            Failure::RequestBody(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// How a request body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sending {
+    /// `content-length`: this many bytes still to come.
+    Length(u64),
+    Chunked,
+}
+
+/// Writes the request head into `conn.write`; how its body is framed, or `None` for no body.
+pub(crate) fn encode_head<B: Body>(
+    conn: &mut Conn,
+    parts: &http::request::Parts,
+    path: &str,
+    host: Option<&HeaderValue>,
+    body: &B,
+) -> Result<Option<Sending>, Failure> {
+    if parts.method == Method::CONNECT {
+        return Err(Failure::Request(
+            "CONNECT is not supported over pooled connections",
+        ));
+    }
+    let declared = match parts.headers.get(CONTENT_LENGTH) {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(Failure::Request("its content-length is not a number"))?,
+        ),
+        None => None,
+    };
+    let sending = match declared {
+        Some(0) => None,
+        Some(n) => Some(Sending::Length(n)),
+        None if body.is_end_stream() => None,
+        None => match body.size_hint().exact() {
+            Some(0) => None,
+            Some(n) => Some(Sending::Length(n)),
+            None => Some(Sending::Chunked),
+        },
+    };
+    let w = &mut conn.write;
+    w.clear();
+    w.extend_from_slice(parts.method.as_str().as_bytes());
+    w.push(b' ');
+    w.extend_from_slice(path.as_bytes());
+    w.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(HOST) {
+        if let Some(host) = host {
+            w.extend_from_slice(b"host: ");
+            w.extend_from_slice(host.as_bytes());
+            w.extend_from_slice(b"\r\n");
+        }
+    }
+    for (name, value) in &parts.headers {
+        // The framing is ours to say, once.
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        w.extend_from_slice(name.as_str().as_bytes());
+        w.extend_from_slice(b": ");
+        w.extend_from_slice(value.as_bytes());
+        w.extend_from_slice(b"\r\n");
+    }
+    match sending {
+        Some(Sending::Length(n)) => {
+            w.extend_from_slice(b"content-length: ");
+            w.extend_from_slice(itoa(n, &mut [0; 20]));
+            w.extend_from_slice(b"\r\n");
+        }
+        Some(Sending::Chunked) => w.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        None if declared == Some(0) || expects_length(&parts.method) => {
+            w.extend_from_slice(b"content-length: 0\r\n");
+        }
+        None => {}
+    }
+    w.extend_from_slice(b"\r\n");
+    Ok(sending)
+}
+
+/// Methods whose requests say their length even when it is zero (servers may demand it).
+fn expects_length(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// The request side of an exchange in progress.
+pub(crate) struct Outgoing<B> {
+    pub(crate) body: B,
+    /// The body has been asked for a frame: it cannot be sent again.
+    body_polled: bool,
+    sending: Option<Sending>,
+    /// Bytes of `conn.write` already written.
+    written: usize,
+    /// Head and body are all written.
+    pub(crate) done: bool,
+}
+
+impl<B> Outgoing<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    pub(crate) fn new(body: B, sending: Option<Sending>) -> Self {
+        Self {
+            body,
+            body_polled: false,
+            sending,
+            written: 0,
+            done: false,
+        }
+    }
+
+    pub(crate) fn body_polled(&self) -> bool {
+        self.body_polled
+    }
+
+    /// Starts over on another connection, whose head has just been encoded.
+    pub(crate) fn restart(&mut self) {
+        self.written = 0;
+        self.done = false;
+    }
+
+    /// Writes the head and the body as they come; ready when all is written.
+    fn poll_send(&mut self, conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), Failure>> {
+        loop {
+            while self.written < conn.write.len() {
+                let n = ready!(Pin::new(&mut conn.io).poll_write(cx, &conn.write[self.written..]))
+                    .map_err(Failure::Write)?;
+                if n == 0 {
+                    return Poll::Ready(Err(Failure::Write(io::ErrorKind::WriteZero.into())));
+                }
+                self.written += n;
+            }
+            conn.write.clear();
+            self.written = 0;
+            if self.sending.is_none() {
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            // Gather what the body has ready, then write it in one go.
+            while conn.write.len() < WRITE_CHUNK {
+                self.body_polled = true;
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let Ok(mut data) = frame.into_data() else {
+                            continue; // trailers of a request: HTTP/1.1 proxies drop them
+                        };
+                        let len = data.remaining() as u64;
+                        match &mut self.sending {
+                            Some(Sending::Length(left)) => {
+                                if len > *left {
+                                    return Poll::Ready(Err(Failure::Request(
+                                        "its body is longer than its content-length",
+                                    )));
+                                }
+                                *left -= len;
+                                conn.write.put(&mut data);
+                            }
+                            Some(Sending::Chunked) if len > 0 => {
+                                write_chunk_size(&mut conn.write, len);
+                                conn.write.put(&mut data);
+                                conn.write.extend_from_slice(b"\r\n");
+                            }
+                            _ => {}
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(Failure::RequestBody(e.into())));
+                    }
+                    Poll::Ready(None) => {
+                        match self.sending {
+                            Some(Sending::Length(0)) => {}
+                            Some(Sending::Length(_)) => {
+                                return Poll::Ready(Err(Failure::Request(
+                                    "its body is shorter than its content-length",
+                                )));
+                            }
+                            _ => conn.write.extend_from_slice(b"0\r\n\r\n"),
+                        }
+                        self.sending = None;
+                        break;
+                    }
+                    Poll::Pending if conn.write.is_empty() => return Poll::Pending,
+                    Poll::Pending => break,
+                }
+            }
+        }
+    }
+}
+
+fn write_chunk_size(w: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[(n & 15) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    w.extend_from_slice(&digits[i..]);
+    w.extend_from_slice(b"\r\n");
+}
+
+/// A response head as read, with how its body is framed.
+pub(crate) struct Head {
+    response: http::Response<()>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body at all.
+    Empty,
+    /// This many bytes still to come.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the server closes the connection.
+    Close,
+}
+
+/// Where a chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// A chunk-size line is next.
+    Size,
+    /// This many bytes of chunk data are next.
+    Data(u64),
+    /// The CRLF after a chunk's data is next.
+    DataEnd,
+    /// The trailer section is next.
+    Trailers,
+}
+
+/// Sends the request (head and body) and reads the response head, at once: a server may
+/// answer before the body is all sent, and then the rest of the body is not sent.
+pub(crate) async fn exchange<B>(
+    conn: &mut Conn,
+    outgoing: &mut Outgoing<B>,
+    method: &Method,
+) -> Result<Head, Failure>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    poll_fn(|cx| {
+        if !outgoing.done {
+            if let Poll::Ready(Err(e)) = outgoing.poll_send(conn, cx) {
+                // A server that answered early may have stopped reading: its answer wins.
+                if let (Failure::Write(_), Poll::Ready(Ok(head))) =
+                    (&e, poll_head(conn, cx, method))
+                {
+                    return Poll::Ready(Ok(head));
+                }
+                return Poll::Ready(Err(e));
+            }
+        }
+        poll_head(conn, cx, method)
+    })
+    .await
+}
+
+fn poll_head(
+    conn: &mut Conn,
+    cx: &mut Context<'_>,
+    method: &Method,
+) -> Poll<Result<Head, Failure>> {
+    loop {
+        if !conn.read.is_empty() {
+            if let Some(head) = parse_head(conn, method)? {
+                return Poll::Ready(Ok(head));
+            }
+            if conn.read.len() > MAX_HEAD {
+                return Poll::Ready(Err(Failure::Malformed("the response head exceeds 64 KiB")));
+            }
+        }
+        let before = conn.read.len();
+        let n = ready!(conn.poll_fill(cx)).map_err(Failure::Read)?;
+        if n == 0 {
+            return Poll::Ready(Err(if before == 0 {
+                Failure::ClosedBeforeResponse
+            } else {
+                Failure::Malformed("the connection closed inside the response head")
+            }));
+        }
+    }
+}
+
+/// A final response head from the front of `conn.read`, which it consumes; `None` if the
+/// head is not all there yet. Interim (1xx) responses are skipped.
+fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<Head>, Failure> {
+    loop {
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let status = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut parsed, &conn.read, &mut headers)
+            .map_err(|e| Failure::Malformed(parse_error(e)))?;
+        let httparse::Status::Complete(len) = status else {
+            return Ok(None);
+        };
+        let code = parsed.code.unwrap_or(0);
+        let version = match parsed.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        if (100..200).contains(&code) {
+            if code == 101 {
+                return Err(Failure::Malformed(
+                    "101 Switching Protocols: upgrades are not supported over pooled connections",
+                ));
+            }
+            conn.read.advance(len);
+            continue;
+        }
+        let status =
+            StatusCode::from_u16(code).map_err(|_| Failure::Malformed("bad status code"))?;
+        let base = conn.read.as_ptr() as usize;
+        conn.spans.clear();
+        for header in parsed.headers.iter() {
+            let name = header.name.as_ptr() as usize - base;
+            let value = header.value.as_ptr() as usize - base;
+            conn.spans.push(Span {
+                name: (name, name + header.name.len()),
+                value: (value, value + header.value.len()),
+            });
+        }
+        let head = conn.read.split_to(len).freeze();
+        let mut map = HeaderMap::with_capacity(conn.spans.len());
+        for span in &conn.spans {
+            let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
+                .map_err(|_| Failure::Malformed("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
+                .map_err(|_| Failure::Malformed("invalid header value"))?;
+            map.append(name, value);
+        }
+        let (framing, keep_alive) = framing(&map, version, status, method)?;
+        let mut response = http::Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = map;
+        return Ok(Some(Head {
+            response,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+fn parse_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status line",
+        httparse::Error::Token => "invalid token",
+        httparse::Error::TooManyHeaders => "more than 100 headers",
+        httparse::Error::Version => "not HTTP/1.x",
+    }
+}
+
+/// How the body of this response ends, and whether the connection may be used again.
+fn framing(
+    headers: &HeaderMap,
+    version: Version,
+    status: StatusCode,
+    method: &Method,
+) -> Result<(Framing, bool), Failure> {
+    let mut keep_alive = version == Version::HTTP_11;
+    for value in headers.get_all(CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
+                keep_alive = false;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                keep_alive = true;
+            }
+        }
+    }
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Empty, keep_alive));
+    }
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        let chunked_last = codings
+            .last()
+            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        // With a content-length as well the message is suspect: read it by its
+        // transfer-encoding, then close (RFC 9112, 6.3).
+        let keep = keep_alive && chunked_last && !headers.contains_key(CONTENT_LENGTH);
+        return Ok(match chunked_last {
+            true => (Framing::Chunked(Chunk::Size), keep),
+            false => (Framing::Close, false),
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = std::str::from_utf8(part.trim_ascii())
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(Failure::Malformed("invalid content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Failure::Malformed("conflicting content-length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Empty, keep_alive),
+        Some(n) => (Framing::Length(n), keep_alive),
+        None => (Framing::Close, false),
+    })
+}
+
+/// The response of `head`, its body read from `conn`; `sent` says whether the whole request
+/// was written (if not, the connection is not used again).
+pub(crate) fn respond(
+    conn: Conn,
+    head: Head,
+    sent: bool,
+    pool: Arc<Http1Pool>,
+) -> http::Response<Incoming> {
+    let mut body = Incoming {
+        conn: Some(conn),
+        pool,
+        framing: head.framing,
+        keep: head.keep_alive && sent,
+    };
+    if body.framing == Framing::Empty {
+        body.finish();
+    }
+    head.response.map(|()| body)
+}
+
+/// A response body read from a pooled connection, which goes back to its pool once the body
+/// has ended where its framing said (and is closed if it is dropped before).
+pub(crate) struct Incoming {
+    conn: Option<Conn>,
+    pool: Arc<Http1Pool>,
+    framing: Framing,
+    /// The connection may serve another exchange once this body has ended.
+    keep: bool,
+}
+
+impl Incoming {
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Empty
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Empty => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+
+    /// The body ended where its framing said: the connection goes back if it may.
+    fn finish(&mut self) {
+        self.framing = Framing::Empty;
+        if let Some(conn) = self.conn.take() {
+            // Bytes after the response that nobody asked for: the connection is out of step.
+            if self.keep && conn.read.is_empty() {
+                self.pool.keep(conn);
+            }
+        }
+    }
+
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyFailure>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut self.framing {
+                Framing::Empty => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) => {
+                    if !conn.read.is_empty() {
+                        let n = (*left).min(conn.read.len() as u64);
+                        *left -= n;
+                        let data = conn.read.split_to(n as usize).freeze();
+                        if *left == 0 {
+                            self.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Framing::Close => {
+                    if !conn.read.is_empty() {
+                        let data = conn.read.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Framing::Chunked(chunk) => match step_chunked(chunk, &mut conn.read) {
+                    Err(what) => {
+                        self.conn = None;
+                        return Poll::Ready(Some(Err(BodyFailure::Malformed(what))));
+                    }
+                    Ok(Some(Step::Data(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Some(Step::End(trailers))) => {
+                        self.finish();
+                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                    }
+                    Ok(None) => {}
+                },
+            }
+            // Everything buffered is consumed: read more.
+            let read = ready!(conn.poll_fill(cx));
+            match read {
+                Ok(0) if self.framing == Framing::Close => {
+                    self.conn = None;
+                    self.framing = Framing::Empty;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(BodyFailure::Closed)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(BodyFailure::Read(e))));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Incoming {
+    /// A body dropped before its end still gives its connection back if the rest of it has
+    /// already arrived (callers that look only at the status do this); otherwise the
+    /// connection closes, as nobody will read what is still on its way.
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let ended = match &mut self.framing {
+            Framing::Length(left) => {
+                let whole = conn.read.len() as u64 == *left;
+                if whole {
+                    conn.read.clear();
+                }
+                whole
+            }
+            Framing::Chunked(chunk) => loop {
+                match step_chunked(chunk, &mut conn.read) {
+                    Ok(Some(Step::Data(_))) => {}
+                    Ok(Some(Step::End(_))) => break true,
+                    Ok(None) | Err(_) => break false,
+                }
+            },
+            Framing::Empty | Framing::Close => false,
+        };
+        if ended {
+            self.finish();
+        }
+    }
+}
+
+/// What a chunked body gave.
+enum Step {
+    Data(Bytes),
+    /// The last chunk and its trailers, if it had any.
+    End(Option<HeaderMap>),
+}
+
+/// Advances a chunked body over what `read` holds; `None` when it needs more bytes.
+fn step_chunked(chunk: &mut Chunk, read: &mut BytesMut) -> Result<Option<Step>, &'static str> {
+    loop {
+        match *chunk {
+            Chunk::Size => match httparse::parse_chunk_size(read) {
+                Ok(httparse::Status::Complete((len, size))) => {
+                    read.advance(len);
+                    *chunk = if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Ok(httparse::Status::Partial) if read.len() > MAX_HEAD => {
+                    return Err("a chunk-size line exceeds 64 KiB");
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(_) => return Err("invalid chunk size"),
+            },
+            Chunk::Data(left) => {
+                if read.is_empty() {
+                    return Ok(None);
+                }
+                let n = left.min(read.len() as u64);
+                *chunk = if n == left {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left - n)
+                };
+                return Ok(Some(Step::Data(read.split_to(n as usize).freeze())));
+            }
+            Chunk::DataEnd => {
+                if read.len() < 2 {
+                    return Ok(None);
+                }
+                if &read[..2] != b"\r\n" {
+                    return Err("chunk data does not end with CRLF");
+                }
+                read.advance(2);
+                *chunk = Chunk::Size;
+            }
+            Chunk::Trailers => {
+                let mut headers = [httparse::EMPTY_HEADER; 32];
+                match httparse::parse_headers(read, &mut headers) {
+                    Ok(httparse::Status::Complete((len, fields))) => {
+                        let mut trailers = HeaderMap::new();
+                        for field in fields {
+                            let (Ok(name), Ok(value)) = (
+                                HeaderName::from_bytes(field.name.as_bytes()),
+                                HeaderValue::from_bytes(field.value),
+                            ) else {
+                                return Err("invalid trailer field");
+                            };
+                            trailers.append(name, value);
+                        }
+                        read.advance(len);
+                        let trailers = (!trailers.is_empty()).then_some(trailers);
+                        return Ok(Some(Step::End(trailers)));
+                    }
+                    Ok(httparse::Status::Partial) if read.len() > MAX_HEAD => {
+                        return Err("the trailer section exceeds 64 KiB");
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(None),
+                    Err(_) => return Err("invalid trailer section"),
+                }
+            }
+        }
+    }
+}
+
+/// Why a response body broke off.
+#[derive(Debug)]
+pub(crate) enum BodyFailure {
+    Closed,
+    Read(io::Error),
+    Malformed(&'static str),
+}
+
+impl fmt::Display for BodyFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Closed => f.write_str("the connection closed before the body's end"),
+            Self::Read(e) => write!(f, "reading failed: {e}"),
+            Self::Malformed(what) => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for BodyFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Read(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_are_read_across_any_split() {
+        let wire = b"4\r\nRust\r\n5;ext=1\r\n seas\r\n0\r\nx-sum: 9\r\n\r\n";
+        for split in 0..wire.len() {
+            let mut chunk = Chunk::Size;
+            let mut read = BytesMut::new();
+            let mut data = Vec::new();
+            let mut trailers = None;
+            for part in [&wire[..split], &wire[split..]] {
+                read.extend_from_slice(part);
+                while let Some(step) = step_chunked(&mut chunk, &mut read).unwrap() {
+                    match step {
+                        Step::Data(bytes) => data.extend_from_slice(&bytes),
+                        Step::End(t) => trailers = Some(t),
+                    }
+                }
+            }
+            assert_eq!(data, b"Rust seas", "split at {split}");
+            let trailers = trailers.flatten().expect("trailers");
+            assert_eq!(trailers["x-sum"], "9");
+            assert!(read.is_empty());
+        }
+    }
+
+    #[test]
+    fn bad_chunked_framing_is_an_error() {
+        for wire in [&b"zz\r\n"[..], b"4\r\nRustXX", b"ffffffffffffffffff\r\n"] {
+            let mut read = BytesMut::from(wire);
+            let mut chunk = Chunk::Size;
+            let mut result = Ok(None);
+            for _ in 0..4 {
+                result = step_chunked(&mut chunk, &mut read);
+                if !matches!(result, Ok(Some(_))) {
+                    break;
+                }
+            }
+            assert!(result.is_err(), "{:?}", String::from_utf8_lossy(wire));
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let ok = StatusCode::OK;
+        let v11 = Version::HTTP_11;
+        let get = &Method::GET;
+        let f = |h: &[(&'static str, &'static str)], v, s, m| framing(&headers(h), v, s, m);
+        assert_eq!(
+            f(&[("content-length", "12")], v11, ok, get).unwrap(),
+            (Framing::Length(12), true)
+        );
+        assert_eq!(
+            f(&[("content-length", "12, 12")], v11, ok, get).unwrap(),
+            (Framing::Length(12), true)
+        );
+        assert!(f(&[("content-length", "12, 13")], v11, ok, get).is_err());
+        assert!(f(&[("content-length", "-1")], v11, ok, get).is_err());
+        assert!(f(&[("content-length", "+1")], v11, ok, get).is_err());
+        assert_eq!(
+            f(&[("transfer-encoding", "gzip, chunked")], v11, ok, get).unwrap(),
+            (Framing::Chunked(Chunk::Size), true)
+        );
+        // Both: read by transfer-encoding, then close.
+        assert_eq!(
+            f(
+                &[("transfer-encoding", "chunked"), ("content-length", "3")],
+                v11,
+                ok,
+                get
+            )
+            .unwrap(),
+            (Framing::Chunked(Chunk::Size), false)
+        );
+        assert_eq!(
+            f(&[("transfer-encoding", "gzip")], v11, ok, get).unwrap(),
+            (Framing::Close, false)
+        );
+        assert_eq!(f(&[], v11, ok, get).unwrap(), (Framing::Close, false));
+        assert_eq!(
+            f(&[("content-length", "5")], v11, ok, &Method::HEAD).unwrap(),
+            (Framing::Empty, true)
+        );
+        assert_eq!(
+            f(&[], v11, StatusCode::NO_CONTENT, get).unwrap(),
+            (Framing::Empty, true)
+        );
+        assert_eq!(
+            f(
+                &[("content-length", "1"), ("connection", "Close")],
+                v11,
+                ok,
+                get
+            )
+            .unwrap(),
+            (Framing::Length(1), false)
+        );
+        assert_eq!(
+            f(&[("content-length", "1")], Version::HTTP_10, ok, get).unwrap(),
+            (Framing::Length(1), false)
+        );
+        assert_eq!(
+            f(
+                &[("content-length", "1"), ("connection", "keep-alive")],
+                Version::HTTP_10,
+                ok,
+                get
+            )
+            .unwrap(),
+            (Framing::Length(1), true)
+        );
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal_and_hex() {
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa(u64::MAX, &mut [0; 20]), b"18446744073709551615");
+        let mut w = Vec::new();
+        write_chunk_size(&mut w, 0x1f);
+        write_chunk_size(&mut w, 0);
+        assert_eq!(w, b"1f\r\n0\r\n");
+    }
+}
