@@ -71,7 +71,8 @@ OPTIONS
   --hedge-after D        send an idempotent request that has not answered to a second
                          instance after D, first answer wins; 0 turns hedging off [200ms]
   --body-cap BYTES       largest request body, else 413 [1048576]
-  --header-read-timeout D  time a client has to send its headers [5s]
+  --header-read-timeout D  time a connection may wait for a complete request head, idle
+                         keep-alive included (cut between 1x and 1.5x) [5s]
   --workers N            gateway threads, one runtime each [CPUs this process may use]
 
 Durations: 250ms, 5s, 1.5s, or a bare number of seconds.";

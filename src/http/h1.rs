@@ -121,6 +121,12 @@ impl ExchangeError {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// The request itself is at fault (a method or framing it cannot be sent with): sending
+    /// it anywhere else would fail the same way.
+    pub(crate) fn is_request_fault(&self) -> bool {
+        matches!(self.failure, Failure::Request(_))
+    }
 }
 
 impl fmt::Display for ExchangeError {
@@ -528,6 +534,19 @@ fn parse_error(e: httparse::Error) -> &'static str {
     }
 }
 
+/// Whether a message's `connection` header says `close`, and whether it says `keep-alive`.
+pub(crate) fn connection_says(headers: &HeaderMap) -> (bool, bool) {
+    let (mut close, mut keep) = (false, false);
+    for value in headers.get_all(CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    (close, keep)
+}
+
 /// How the body of this response ends, and whether the connection may be used again.
 fn framing(
     headers: &HeaderMap,
@@ -535,17 +554,8 @@ fn framing(
     status: StatusCode,
     method: &Method,
 ) -> Result<(Framing, bool), Failure> {
-    let mut keep_alive = version == Version::HTTP_11;
-    for value in headers.get_all(CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            if token.eq_ignore_ascii_case(b"close") {
-                keep_alive = false;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                keep_alive = true;
-            }
-        }
-    }
+    let (close, keep) = connection_says(headers);
+    let keep_alive = !close && (version == Version::HTTP_11 || keep);
     if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -587,19 +597,20 @@ fn framing(
     })
 }
 
-/// The response of `head`, its body read from `conn`; `sent` says whether the whole request
-/// was written (if not, the connection is not used again).
+/// The response of `head`, its body read from `conn`; `reusable` says whether the request
+/// side allows another exchange on the connection (all of it was written, and it did not ask
+/// to close).
 pub(crate) fn respond(
     conn: Conn,
     head: Head,
-    sent: bool,
+    reusable: bool,
     pool: Arc<Http1Pool>,
 ) -> http::Response<Incoming> {
     let mut body = Incoming {
         conn: Some(conn),
         pool,
         framing: head.framing,
-        keep: head.keep_alive && sent,
+        keep: head.keep_alive && reusable,
     };
     if body.framing == Framing::Empty {
         body.finish();

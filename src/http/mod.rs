@@ -52,7 +52,7 @@ use pin_project::pin_project;
 use tower::Service;
 use tower::discover::Change;
 
-mod h1;
+pub(crate) mod h1;
 pub mod headers;
 mod pool;
 mod replay;

@@ -32,9 +32,10 @@ use crate::BoxError;
 ///
 /// What the connections do on the wire:
 /// - A request body goes out with the `content-length` the request declares, else its exact
-///   size, else chunked; a response body is read by `transfer-encoding: chunked`,
-///   `content-length`, or until the server closes (RFC 9112). Interim (1xx) answers are
-///   skipped; heads over 64 KiB or 100 fields are refused.
+///   size, else chunked (request trailers are dropped, as most HTTP/1.1 proxies do); a
+///   response body is read by `transfer-encoding: chunked`, `content-length`, or until the
+///   server closes (RFC 9112). Interim (1xx) answers are skipped; heads over 64 KiB or 100
+///   fields are refused.
 /// - A connection is used again only if both messages ended exactly where their framing said
 ///   and neither side said `connection: close`. A server that answers before it has read the
 ///   whole request body gets its answer through; the rest of the body is not sent and the
@@ -172,8 +173,9 @@ impl Http1Pool {
         loop {
             match h1::exchange(&mut conn, &mut outgoing, &parts.method).await {
                 Ok(head) => {
-                    let sent = outgoing.done;
-                    return Ok(h1::respond(conn, head, sent, self));
+                    // A request that asked to close its connection has it closed.
+                    let reusable = outgoing.done && !h1::connection_says(&parts.headers).0;
+                    return Ok(h1::respond(conn, head, reusable, self));
                 }
                 // A kept connection the server had closed (the keep-alive race): the
                 // request goes out again on a new connection if nothing of its body was

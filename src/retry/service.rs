@@ -683,6 +683,12 @@ pub(crate) fn classify_error(error: &(dyn std::error::Error + 'static)) -> Retry
         if error.is::<crate::http::ConnectError>() {
             return RetryClass::NeverSent;
         }
+        if error
+            .downcast_ref::<crate::http::ExchangeError>()
+            .is_some_and(crate::http::ExchangeError::is_request_fault)
+        {
+            return RetryClass::Final;
+        }
         if error.is::<NotRetried>() {
             return RetryClass::Final;
         }
@@ -749,5 +755,16 @@ mod tests {
         assert_eq!(classify_error(&refused), RetryClass::NeverSent);
         let reset = Transport(std::io::ErrorKind::ConnectionReset.into());
         assert_eq!(classify_error(&reset), RetryClass::Retryable);
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_sent_is_not_sent_elsewhere() {
+        use crate::http::ExchangeError;
+        use crate::http::h1::Failure;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        let fault = ExchangeError::new(addr, Failure::Request("CONNECT is not supported"));
+        assert_eq!(classify_error(&fault), RetryClass::Final);
+        let closed = ExchangeError::new(addr, Failure::ClosedBeforeResponse);
+        assert_eq!(classify_error(&closed), RetryClass::Retryable);
     }
 }

@@ -384,6 +384,110 @@ async fn bad_input_gets_a_clear_answer_and_the_gateway_keeps_serving() {
     harness.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_read_timeout_closes_waiting_connections_and_spares_slow_answers() {
+    let harness = Harness::start(|c| {
+        c.header_read_timeout = Duration::from_millis(300);
+        c.per_try_timeout = Duration::from_secs(2);
+        c.deadline = Duration::from_secs(3);
+        c.hedge_after = None;
+    })
+    .await;
+    // An answer that takes longer than 1.5 header-read timeouts: the connection is busy
+    // with a request, not waiting for a head, so it is not cut.
+    for node in ["users-1", "users-2", "users-3"] {
+        harness
+            .node(node)
+            .set_behaviour(Behaviour::Slow { ms: 700 });
+    }
+    let started = Instant::now();
+    let (status, body) = harness.get("/users/slow").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(700));
+
+    // A kept-alive connection that sends nothing after its answer is closed after the
+    // timeout (not before), like one that never finishes its head.
+    for node in ["users-1", "users-2", "users-3"] {
+        harness.node(node).set_behaviour(Behaviour::Normal);
+    }
+    let mut stream = TcpStream::connect(harness.fleet.addr).await.unwrap();
+    let request = format!(
+        "GET /users/1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
+        harness.token
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before answering");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    let idle = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // the rest of the body
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle connection was kept for 3 s");
+    assert!(
+        idle.elapsed() >= Duration::from_millis(300),
+        "closed after {:?}, before the timeout",
+        idle.elapsed()
+    );
+    assert_eq!(harness.get("/users/1").await.0, StatusCode::OK);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_requests_in_flight_finish_and_takes_no_new_ones() {
+    let harness = Harness::start(|_| {}).await;
+    for node in ["users-1", "users-2", "users-3"] {
+        harness
+            .node(node)
+            .set_behaviour(Behaviour::Slow { ms: 250 });
+    }
+    let Harness {
+        fleet,
+        cluster,
+        client,
+        token,
+    } = harness;
+    let addr = fleet.addr;
+    let request = Request::get(format!("http://{addr}/users/in-flight"))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let in_flight = tokio::spawn(client.request(request));
+    // The request is at the instance when the gateway is told to stop.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = Instant::now();
+    fleet.shutdown().await;
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        stopping.elapsed() >= Duration::from_millis(100),
+        "shutdown returned before the request in flight finished"
+    );
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+    cluster.stop();
+}
+
 #[test]
 fn the_committed_cluster_toml_is_the_built_in_defaults() {
     use crate::gateway::ClusterFile;

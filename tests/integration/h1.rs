@@ -197,7 +197,7 @@ async fn every_response_framing_arrives_whole_on_one_kept_connection() {
 #[tokio::test]
 async fn request_bodies_go_out_with_their_length_or_chunked() {
     let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-    let (addr, seen) = scripted(vec![(ok, false); 3]).await;
+    let (addr, seen) = scripted(vec![(ok, false); 4]).await;
     let sized = endpoint::<Full<Bytes>>(addr);
     let request = http::Request::post("/a")
         .body(Full::new(Bytes::from_static(b"twelve bytes")))
@@ -213,8 +213,17 @@ async fn request_bodies_go_out_with_their_length_or_chunked() {
     assert_eq!(streamed.oneshot(request).await.unwrap().status(), 200);
 
     let empty = endpoint::<Empty<Bytes>>(addr);
-    let request = http::Request::post("/c").body(Empty::new()).unwrap();
+    let request = http::Request::post("/c")
+        .header("connection", "close")
+        .body(Empty::new())
+        .unwrap();
+    assert_eq!(empty.clone().oneshot(request).await.unwrap().status(), 200);
+    // One connection per endpoint so far (each endpoint keeps its own).
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 3);
+    // That request asked for its connection to close: the next one opens another.
+    let request = http::Request::get("/d").body(Empty::new()).unwrap();
     assert_eq!(empty.oneshot(request).await.unwrap().status(), 200);
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 4);
 
     let heads = seen.heads.lock().unwrap();
     let bodies = seen.bodies.lock().unwrap();
