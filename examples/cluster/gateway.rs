@@ -29,8 +29,8 @@ use seawall::retry::RetryConfig;
 use seawall::{BoxError, ErrorKind, HttpUpstream, Upstream};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tower::ServiceExt;
 use tower::discover::Change;
+use tower::{Service as _, ServiceExt};
 
 use crate::instance::{Behaviour, Cluster};
 
@@ -402,7 +402,14 @@ impl Gateway {
         forwarded_for(&mut parts.headers, peer);
         let body = Either::Left(Limited::new(body, self.config.body_cap));
         let request = Request::from_parts(parts, body);
-        match route.upstream.clone().oneshot(request).await {
+        // `ready` then `call` rather than `oneshot`: the oneshot future would hold the
+        // service, the request and the response future side by side, and be moved whole.
+        let mut upstream = route.upstream.clone();
+        let sent = match upstream.ready().await {
+            Ok(ready) => ready.call(request).await,
+            Err(e) => Err(e),
+        };
+        match sent {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -727,18 +734,23 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// Appends the caller's address to `X-Forwarded-For`; a value that is not visible ASCII is
 /// replaced rather than extended.
 fn forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
-    let extended = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::to_str) {
-        Some(Ok(existing)) if !existing.is_empty() => HeaderValue::from_str(&format!(
-            "{existing}, {}",
-            peer.ip.to_str().unwrap_or("unknown")
-        ))
-        .ok(),
-        _ => None,
-    };
-    headers.insert(
-        &X_FORWARDED_FOR,
-        extended.unwrap_or_else(|| peer.ip.clone()),
-    );
+    // One lookup: the entry is extended, replaced or added in place.
+    match headers.entry(&X_FORWARDED_FOR) {
+        http::header::Entry::Occupied(mut entry) => {
+            let extended = match entry.get().to_str() {
+                Ok(existing) if !existing.is_empty() => HeaderValue::from_str(&format!(
+                    "{existing}, {}",
+                    peer.ip.to_str().unwrap_or("unknown")
+                ))
+                .ok(),
+                _ => None,
+            };
+            entry.insert(extended.unwrap_or_else(|| peer.ip.clone()));
+        }
+        http::header::Entry::Vacant(entry) => {
+            entry.insert(peer.ip.clone());
+        }
+    }
 }
 
 /// Maps a failed upstream call to what the caller should see: seawall's `ErrorKind` names the

@@ -167,20 +167,65 @@ pub(crate) enum Sending {
     Chunked,
 }
 
-/// Writes the request head into `conn.write`; how its body is framed, or `None` for no body.
+/// What the request head said that the exchange needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Encoded {
+    /// How the body goes on the wire; `None`: no body.
+    pub(crate) sending: Option<Sending>,
+    /// The request asked for its connection to be closed after the response.
+    pub(crate) close: bool,
+}
+
+/// Writes the request head into `conn.write`, in one pass over the headers.
 pub(crate) fn encode_head<B: Body>(
     conn: &mut Conn,
     parts: &http::request::Parts,
     path: &str,
     host: Option<&HeaderValue>,
     body: &B,
-) -> Result<Option<Sending>, Failure> {
+) -> Result<Encoded, Failure> {
     if parts.method == Method::CONNECT {
         return Err(Failure::Request(
             "CONNECT is not supported over pooled connections",
         ));
     }
-    let declared = match parts.headers.get(CONTENT_LENGTH) {
+    let w = &mut conn.write;
+    w.clear();
+    w.extend_from_slice(parts.method.as_str().as_bytes());
+    w.push(b' ');
+    w.extend_from_slice(path.as_bytes());
+    w.extend_from_slice(b" HTTP/1.1\r\n");
+    let fields = w.len();
+    let (mut declared, mut has_host, mut close) = (None, false, false);
+    for (name, value) in &parts.headers {
+        // The framing is ours to say, once.
+        if name == CONTENT_LENGTH {
+            if declared.is_none() {
+                declared = Some(value);
+            }
+            continue;
+        }
+        if name == TRANSFER_ENCODING {
+            continue;
+        }
+        if name == HOST {
+            has_host = true;
+        } else if name == CONNECTION {
+            close |= says_close(value);
+        }
+        w.extend_from_slice(name.as_str().as_bytes());
+        w.extend_from_slice(b": ");
+        w.extend_from_slice(value.as_bytes());
+        w.extend_from_slice(b"\r\n");
+    }
+    if !has_host {
+        if let Some(host) = host {
+            // First, where user agents put it.
+            let line = [b"host: ", host.as_bytes(), b"\r\n"].concat();
+            w.splice(fields..fields, line);
+        }
+    }
+    let declared = match declared {
         Some(value) => Some(
             value
                 .to_str()
@@ -200,29 +245,6 @@ pub(crate) fn encode_head<B: Body>(
             None => Some(Sending::Chunked),
         },
     };
-    let w = &mut conn.write;
-    w.clear();
-    w.extend_from_slice(parts.method.as_str().as_bytes());
-    w.push(b' ');
-    w.extend_from_slice(path.as_bytes());
-    w.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(HOST) {
-        if let Some(host) = host {
-            w.extend_from_slice(b"host: ");
-            w.extend_from_slice(host.as_bytes());
-            w.extend_from_slice(b"\r\n");
-        }
-    }
-    for (name, value) in &parts.headers {
-        // The framing is ours to say, once.
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-            continue;
-        }
-        w.extend_from_slice(name.as_str().as_bytes());
-        w.extend_from_slice(b": ");
-        w.extend_from_slice(value.as_bytes());
-        w.extend_from_slice(b"\r\n");
-    }
     match sending {
         Some(Sending::Length(n)) => {
             w.extend_from_slice(b"content-length: ");
@@ -236,7 +258,15 @@ pub(crate) fn encode_head<B: Body>(
         None => {}
     }
     w.extend_from_slice(b"\r\n");
-    Ok(sending)
+    Ok(Encoded { sending, close })
+}
+
+/// Whether a `connection` header value lists `close`.
+fn says_close(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// Methods whose requests say their length even when it is zero (servers may demand it).
@@ -502,14 +532,16 @@ fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<Head>, Failure>
         }
         let head = conn.read.split_to(len).freeze();
         let mut map = HeaderMap::with_capacity(conn.spans.len());
+        let mut fields = Fields::default();
         for span in &conn.spans {
             let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
                 .map_err(|_| Failure::Malformed("invalid header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
                 .map_err(|_| Failure::Malformed("invalid header value"))?;
+            fields.see(&name, &value)?;
             map.append(name, value);
         }
-        let (framing, keep_alive) = framing(&map, version, status, method)?;
+        let (framing, keep_alive) = framing(fields, version, status, method);
         let mut response = http::Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -534,67 +566,77 @@ fn parse_error(e: httparse::Error) -> &'static str {
     }
 }
 
-/// Whether a message's `connection` header says `close`, and whether it says `keep-alive`.
-pub(crate) fn connection_says(headers: &HeaderMap) -> (bool, bool) {
-    let (mut close, mut keep) = (false, false);
-    for value in headers.get_all(CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    }
-    (close, keep)
+/// What a response's header fields say about its framing, gathered while they are read.
+#[derive(Debug, Default, Clone, Copy)]
+struct Fields {
+    close: bool,
+    keep_alive: bool,
+    transfer_encoding: bool,
+    /// The last transfer coding is `chunked`.
+    chunked: bool,
+    content_length: Option<u64>,
 }
 
-/// How the body of this response ends, and whether the connection may be used again.
+impl Fields {
+    fn see(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), Failure> {
+        if name == CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+            self.chunked = value
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == CONTENT_LENGTH {
+            for part in value.as_bytes().split(|&b| b == b',') {
+                let n = std::str::from_utf8(part.trim_ascii())
+                    .ok()
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or(Failure::Malformed("invalid content-length"))?;
+                if self.content_length.is_some_and(|l| l != n) {
+                    return Err(Failure::Malformed("conflicting content-length values"));
+                }
+                self.content_length = Some(n);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the body of a response ends, and whether the connection may be used again.
 fn framing(
-    headers: &HeaderMap,
+    fields: Fields,
     version: Version,
     status: StatusCode,
     method: &Method,
-) -> Result<(Framing, bool), Failure> {
-    let (close, keep) = connection_says(headers);
-    let keep_alive = !close && (version == Version::HTTP_11 || keep);
+) -> (Framing, bool) {
+    let keep_alive = !fields.close && (version == Version::HTTP_11 || fields.keep_alive);
     if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Ok((Framing::Empty, keep_alive));
+        return (Framing::Empty, keep_alive);
     }
-    let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
-    if codings.peek().is_some() {
-        let chunked_last = codings
-            .last()
-            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    if fields.transfer_encoding {
         // With a content-length as well the message is suspect: read it by its
         // transfer-encoding, then close (RFC 9112, 6.3).
-        let keep = keep_alive && chunked_last && !headers.contains_key(CONTENT_LENGTH);
-        return Ok(match chunked_last {
+        let keep = keep_alive && fields.chunked && fields.content_length.is_none();
+        return match fields.chunked {
             true => (Framing::Chunked(Chunk::Size), keep),
             false => (Framing::Close, false),
-        });
+        };
     }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = std::str::from_utf8(part.trim_ascii())
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(Failure::Malformed("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Failure::Malformed("conflicting content-length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    match fields.content_length {
         Some(0) => (Framing::Empty, keep_alive),
         Some(n) => (Framing::Length(n), keep_alive),
         None => (Framing::Close, false),
-    })
+    }
 }
 
 /// The response of `head`, its body read from `conn`; `reusable` says whether the request
@@ -908,7 +950,13 @@ mod tests {
         let ok = StatusCode::OK;
         let v11 = Version::HTTP_11;
         let get = &Method::GET;
-        let f = |h: &[(&'static str, &'static str)], v, s, m| framing(&headers(h), v, s, m);
+        let f = |h: &[(&'static str, &'static str)], v, s, m| {
+            let mut fields = Fields::default();
+            for (name, value) in &headers(h) {
+                fields.see(name, value)?;
+            }
+            Ok::<_, Failure>(framing(fields, v, s, m))
+        };
         assert_eq!(
             f(&[("content-length", "12")], v11, ok, get).unwrap(),
             (Framing::Length(12), true)

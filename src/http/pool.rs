@@ -168,14 +168,14 @@ impl Http1Pool {
             h1::encode_head(conn, &parts, path.as_str(), self.host.as_ref(), body)
                 .map_err(|failure| ExchangeError::new(self.addr, failure))
         };
-        let sending = encode(&mut conn, &body)?;
-        let mut outgoing = Outgoing::new(body, sending);
+        let head = encode(&mut conn, &body)?;
+        let mut outgoing = Outgoing::new(body, head.sending);
         loop {
             match h1::exchange(&mut conn, &mut outgoing, &parts.method).await {
-                Ok(head) => {
+                Ok(response) => {
                     // A request that asked to close its connection has it closed.
-                    let reusable = outgoing.done && !h1::connection_says(&parts.headers).0;
-                    return Ok(h1::respond(conn, head, reusable, self));
+                    let reusable = outgoing.done && !head.close;
+                    return Ok(h1::respond(conn, response, reusable, self));
                 }
                 // A kept connection the server had closed (the keep-alive race): the
                 // request goes out again on a new connection if nothing of its body was
