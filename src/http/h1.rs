@@ -35,8 +35,10 @@ use crate::BoxError;
 const MAX_HEADERS: usize = 100;
 /// Bytes a response head (or a chunk-size line, or the trailers) may take.
 const MAX_HEAD: usize = 64 * 1024;
-/// Bytes read at a time.
+/// Bytes read at a time at first, and at least.
 const READ_CHUNK: usize = 8 * 1024;
+/// Bytes read at a time at most: reads grow while they fill the buffer (large bodies).
+const MAX_READ_CHUNK: usize = 256 * 1024;
 /// Body bytes gathered before they are written.
 const WRITE_CHUNK: usize = 64 * 1024;
 
@@ -49,6 +51,8 @@ pub(crate) struct Conn {
     write: Vec<u8>,
     /// Where each header of the last response head lies in `read`.
     spans: Vec<Span>,
+    /// How much room the next read gets.
+    read_chunk: usize,
 }
 
 /// A header's name and value as offsets into the response head.
@@ -65,6 +69,7 @@ impl Conn {
             read: BytesMut::with_capacity(READ_CHUNK),
             write: Vec::with_capacity(1024),
             spans: Vec::new(),
+            read_chunk: READ_CHUNK,
         }
     }
 
@@ -77,10 +82,23 @@ impl Conn {
 
     /// Reads more bytes into `read`; 0 means the server closed the connection.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
-            self.read.reserve(READ_CHUNK);
+        if self.read.capacity() - self.read.len() < self.read_chunk / 4 {
+            self.read.reserve(self.read_chunk);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+        let room = self.read.capacity() - self.read.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.read
+        ))?;
+        // Like hyper's adaptive reads: a read that filled its room asks for twice the room
+        // next time, one that used less than a quarter of it for half.
+        if n == room {
+            self.read_chunk = (self.read_chunk * 2).min(MAX_READ_CHUNK);
+        } else if n < room / 4 {
+            self.read_chunk = (self.read_chunk / 2).max(READ_CHUNK);
+        }
+        Poll::Ready(Ok(n))
     }
 }
 

@@ -384,3 +384,45 @@ async fn a_body_cut_short_is_an_error_and_a_body_dropped_half_way_closes_its_con
         "closed by the server, dropped half-way, kept"
     );
 }
+
+/// Bytes no two positions of which repeat a short pattern, so a lost or doubled chunk shows.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn large_bodies_arrive_intact_by_length_and_chunked() {
+    let body = noise(3 * 1024 * 1024 + 17);
+    let mut sized =
+        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+    sized.extend_from_slice(&body);
+    let mut chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for piece in body.chunks(100_003) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let (sized, chunked): (&'static [u8], &'static [u8]) = (Vec::leak(sized), Vec::leak(chunked));
+    let (addr, seen) = scripted(vec![(sized, false), (chunked, false), (sized, false)]).await;
+    let endpoint = endpoint(addr);
+    for round in 0..3 {
+        let (status, got, _) = get(&endpoint, http::Method::GET).await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(got.len(), body.len(), "round {round}");
+        assert!(got == body, "round {round}: the bytes differ");
+    }
+    assert_eq!(
+        seen.accepted.load(Ordering::SeqCst),
+        1,
+        "one kept connection"
+    );
+}
