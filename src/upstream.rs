@@ -3,8 +3,11 @@
 //! [`Upstream::builder`] composes the layers in the order that makes each of them correct:
 //!
 //! ```text
-//! Deadline ─ Retry ─ per-try Timeout ─ Balance ─ per-endpoint breaker ─ pooled hyper-util client
+//! Deadline ─ Retry ─ per-try Timeout ─ Balance ─ per-endpoint breaker ─ client
 //! ```
+//!
+//! The client is a shared hyper-util `Client` ([`Upstream::build_http`]) or each instance's
+//! own HTTP/1.1 connections, driven by the calling task ([`Upstream::build_http1`]).
 //!
 //! The deadline bounds everything, retries included; each retry gets its own per-try timeout
 //! and goes back through the balancer (preferring an endpoint it has not tried), which skips
@@ -30,7 +33,8 @@ use crate::retry::{Retry, RetryConfig, RetryLayer};
 use crate::timeout::{DeadlineLayer, DeadlineService, PerTryTimeout, PerTryTimeoutLayer};
 use crate::{BoxError, BuildError};
 
-/// The service an HTTP [`Upstream`] builds: `Clone`, accepting `http::Request<B>`.
+/// The service an HTTP [`Upstream`] builds: `Clone`, accepting `http::Request<B>` and
+/// answering `http::Response<`[`ResponseBody`](crate::http::ResponseBody)`>`.
 pub type HttpUpstream<K, B, P = P2c> =
     DeadlineService<Retry<PerTryTimeout<Balance<K, HttpEndpoint<ReplayBody<B>>, P, HttpStatus>>>>;
 
@@ -38,10 +42,11 @@ pub type HttpUpstream<K, B, P = P2c> =
 /// layer correct:
 ///
 /// ```text
-/// Deadline ─ Retry ─ per-try Timeout ─ Balance ─ per-endpoint breaker ─ pooled hyper-util client
+/// Deadline ─ Retry ─ per-try Timeout ─ Balance ─ per-endpoint breaker ─ client
 /// ```
 ///
-/// The deadline bounds everything, retries included; each retry gets its own per-try timeout
+/// (the client: a shared hyper-util one, or each instance's own HTTP/1.1 connections). The
+/// deadline bounds everything, retries included; each retry gets its own per-try timeout
 /// and goes back through the balancer (preferring an endpoint it has not tried), which skips
 /// ejected endpoints. The result is one `Clone` service.
 ///
@@ -217,8 +222,9 @@ impl<P: Pick> Upstream<P> {
     }
 
     /// Builds the HTTP upstream with HTTP/1.1 connections of each instance's own
-    /// ([`HttpEndpoint::http1`]): no shared pool to look up, no task per request, so
-    /// cheaper per call than [`build_http`](Self::build_http); HTTP/1.1 over plain TCP only.
+    /// ([`HttpEndpoint::http1`]): no shared pool to look up, no connection task, no hand-off
+    /// per request (the calling task writes the request and reads the response), so cheaper
+    /// per call than [`build_http`](Self::build_http); HTTP/1.1 over plain TCP only.
     ///
     /// # Errors
     ///
