@@ -9,7 +9,9 @@
 //! The client is a shared hyper-util `Client` ([`Upstream::build_http`]) or each instance's
 //! own HTTP/1.1 connections, driven by the calling task ([`Upstream::build_http1`]).
 //!
-//! The deadline bounds everything, retries included; each retry gets its own per-try timeout
+//! The deadline bounds everything, retries included (it is lent to the layers of this stack
+//! for the call rather than stored in the request, so the request reaching the client
+//! carries no `Deadline` unless it came with one); each retry gets its own per-try timeout
 //! and goes back through the balancer (preferring an endpoint it has not tried), which skips
 //! ejected endpoints. The result is one `Clone` service.
 

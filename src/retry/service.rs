@@ -319,8 +319,9 @@ where
         // The template for retries. Its deadline is kept beside it rather than in a copy of
         // the extensions when it is their only entry (the usual case under a DeadlineLayer):
         // copying an extensions map costs three allocations on every call, retried or not.
-        let deadline = request.extensions().get::<Deadline>().copied();
-        let template = if deadline.is_some() && request.extensions().len() == 1 {
+        let deadline = crate::timeout::deadline_of(&request);
+        let carried = request.extensions().get::<Deadline>().is_some();
+        let template = if carried && request.extensions().len() == 1 {
             let extensions = std::mem::take(request.extensions_mut());
             let template = request.clone();
             *request.extensions_mut() = extensions;

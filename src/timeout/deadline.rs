@@ -81,7 +81,9 @@ impl DeadlineLayer {
     /// For a stack whose every wait is already bounded by the deadline: a retry layer (which
     /// never backs off past it) over a per-try timeout (which never gives an attempt more than
     /// the time left) over a service that is always ready. `Upstream` builds exactly that, and
-    /// a second timer per call would only cost a registration in tokio's timer wheel.
+    /// a second timer per call would only cost a registration in tokio's timer wheel. The
+    /// deadline is lent to those layers for the call (see `lend`) instead of being stored in
+    /// the request, which nothing below them reads.
     pub(crate) fn bounded_inside(mut self) -> Self {
         self.timer = false;
         self
@@ -155,9 +157,16 @@ where
         if let Some(existing) = req.deadline() {
             deadline = deadline.min(existing);
         }
-        req.set_deadline(deadline);
+        let inner = if self.layer.timer {
+            req.set_deadline(deadline);
+            crate::clock::during(now, || self.inner.call(req))
+        } else {
+            // Inside an `Upstream`: the layers below are seawall's own and take the deadline
+            // lent for this call (see `lend`), which costs no allocation.
+            crate::clock::during(now, || super::lend(deadline, || self.inner.call(req)))
+        };
         DeadlineFuture {
-            inner: Some(crate::clock::during(now, || self.inner.call(req))),
+            inner: Some(inner),
             timer: self.layer.timer.then(|| LazyTimer::new(deadline.0)),
             deadline: deadline.0,
             started: now,

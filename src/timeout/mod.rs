@@ -23,7 +23,44 @@ mod timer;
 pub use self::deadline::{Deadline, DeadlineFuture, DeadlineLayer, DeadlineService};
 pub use self::per_try::{PerTryTimeout, PerTryTimeoutFuture, PerTryTimeoutLayer};
 
+use std::cell::Cell;
 use std::time::Duration;
+
+thread_local! {
+    /// The deadline an [`Upstream`](crate::Upstream)'s call lends to the layers of its own
+    /// stack while it makes its inner call.
+    static LENT: Cell<Option<Deadline>> = const { Cell::new(None) };
+}
+
+/// Runs `call` with `deadline` lent to the seawall layers it reaches synchronously, then
+/// restores what was there (also when `call` panics).
+///
+/// Only an [`Upstream`](crate::Upstream)'s deadline lends instead of storing the deadline in
+/// the request: the layers below it are seawall's own, and inserting into a request's empty
+/// extensions map costs three allocations. Retries and hedges, sent later from a future,
+/// carry the deadline in their extensions as usual.
+#[inline]
+pub(crate) fn lend<T>(deadline: Deadline, call: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Deadline>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LENT.with(|slot| slot.set(self.0));
+        }
+    }
+    let previous = LENT.with(|slot| slot.replace(Some(deadline)));
+    let _restore = Restore(previous);
+    call()
+}
+
+/// The request's deadline: the earlier of the one it carries and the one lent to this call.
+#[inline]
+pub(crate) fn deadline_of<R: TimeoutRequest + ?Sized>(request: &R) -> Option<Deadline> {
+    let lent = LENT.with(Cell::get);
+    match (request.deadline(), lent) {
+        (Some(carried), Some(lent)) => Some(carried.min(lent)),
+        (carried, lent) => carried.or(lent),
+    }
+}
 
 /// A request that can carry a [`Deadline`] and propagate a timeout downstream.
 ///
@@ -104,5 +141,62 @@ impl<B> TimeoutRequest for ::http::Request<B> {
                 HeaderValue::from(timeout.as_millis() as u64),
             );
         }
+    }
+}
+
+#[cfg(all(test, feature = "http"))]
+mod tests {
+    use super::*;
+    use tower::{Layer, Service, ServiceExt};
+
+    fn request(carried: Option<Deadline>) -> ::http::Request<()> {
+        let mut request = ::http::Request::new(());
+        if let Some(deadline) = carried {
+            request.extensions_mut().insert(deadline);
+        }
+        request
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lent_deadline_is_seen_only_inside_the_call_and_the_earlier_one_wins() {
+        let soon = Deadline::after(Duration::from_millis(100));
+        let later = Deadline::after(Duration::from_secs(1));
+        assert_eq!(
+            deadline_of(&request(None)),
+            None,
+            "nothing lent outside a call"
+        );
+        let inside = lend(later, || {
+            let nested = lend(soon, || deadline_of(&request(None)));
+            (
+                deadline_of(&request(None)),
+                nested,
+                deadline_of(&request(Some(soon))),
+            )
+        });
+        assert_eq!(inside, (Some(later), Some(soon), Some(soon)));
+        assert_eq!(
+            lend(soon, || deadline_of(&request(Some(later)))),
+            Some(soon)
+        );
+        assert_eq!(deadline_of(&request(None)), None, "restored after the call");
+        let _ = std::panic::catch_unwind(|| lend(soon, || panic!("inner call")));
+        assert_eq!(deadline_of(&request(None)), None, "restored after a panic");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_per_try_timeout_inside_a_lent_deadline_gives_the_attempt_only_the_time_left() {
+        // An attempt that never answers, under a 1 s per-try timeout and a lent 100 ms deadline.
+        let hang = tower::service_fn(|_: ::http::Request<()>| {
+            std::future::pending::<Result<(), crate::BoxError>>()
+        });
+        let mut per_try = PerTryTimeoutLayer::new(Duration::from_secs(1)).layer(hang);
+        per_try.ready().await.unwrap();
+        let started = tokio::time::Instant::now();
+        let deadline = Deadline::after(Duration::from_millis(100));
+        let attempt = lend(deadline, || per_try.call(request(None)));
+        let error = attempt.await.unwrap_err();
+        assert!(error.is::<crate::DeadlineExceeded>(), "{error}");
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
     }
 }

@@ -104,9 +104,7 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         let now = crate::clock::now();
-        let left = req
-            .deadline()
-            .map(|d| d.instant().saturating_duration_since(now));
+        let left = super::deadline_of(&req).map(|d| d.instant().saturating_duration_since(now));
         let (timeout, by_deadline) = match left {
             Some(left) if left <= self.layer.per_try => (left, true),
             _ => (self.layer.per_try, false),

@@ -143,6 +143,33 @@ async fn the_deadline_holds_when_every_instance_hangs() {
         "used the time it had (three 300 ms attempts and backoff): {took:?}"
     );
     assert!(stuck.retries() >= 2, "retried within the deadline");
+
+    // An attempt gets no more than the time left, the first one too: with 800 ms per try
+    // and a 500 ms deadline, it is cut at 500 ms, and nothing is retried.
+    let tight = Upstream::builder("stuck")
+        .picker(RoundRobin::new())
+        .retry(RetryConfig::default().max_attempts(3))
+        .per_try_timeout(Duration::from_millis(800))
+        .deadline(Duration::from_millis(500))
+        .wait_for_endpoints(Duration::from_secs(1))
+        .build_http1(
+            registry.watch("stuck"),
+            seawall::http::Http1Config::default(),
+        )
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let get = http::Request::get("/slow")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let error = tight.clone().oneshot(get).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(
+        seawall::ErrorKind::of(error.as_ref()),
+        seawall::ErrorKind::DeadlineExceeded,
+        "{error}"
+    );
+    assert_eq!(tight.retries(), 0, "no time left for a retry");
+    assert_eq!(took, Duration::from_millis(500), "cut at the deadline");
     for task in held {
         task.abort();
     }
