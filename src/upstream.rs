@@ -10,8 +10,8 @@
 //! own HTTP/1.1 connections, driven by the calling task ([`Upstream::build_http1`]).
 //!
 //! The deadline bounds everything, retries included (it is lent to the layers of this stack
-//! for the call rather than stored in the request, so the request reaching the client
-//! carries no `Deadline` unless it came with one); each retry gets its own per-try timeout
+//! for the call rather than stored in the request, so a first attempt reaches the client
+//! without a `Deadline` unless the request came with one); each retry gets its own per-try timeout
 //! and goes back through the balancer (preferring an endpoint it has not tried), which skips
 //! ejected endpoints. The result is one `Clone` service.
 
