@@ -25,14 +25,29 @@ pub(crate) fn now() -> Instant {
 /// what was there (also when `call` panics).
 #[inline]
 pub(crate) fn during<T>(now: Instant, call: impl FnOnce() -> T) -> T {
-    struct Restore(Option<Instant>);
-    impl Drop for Restore {
+    lend(&NOW, now, call)
+}
+
+/// Runs `call` with `value` in the thread-local `slot` for the layers it reaches
+/// synchronously, then restores what was there (also when `call` panics): how a layer lends
+/// something of its call (the clock's instant, an upstream's deadline) to the layers below.
+#[inline]
+pub(crate) fn lend<V: Copy + 'static, T>(
+    slot: &'static std::thread::LocalKey<Cell<Option<V>>>,
+    value: V,
+    call: impl FnOnce() -> T,
+) -> T {
+    struct Restore<V: Copy + 'static> {
+        slot: &'static std::thread::LocalKey<Cell<Option<V>>>,
+        previous: Option<V>,
+    }
+    impl<V: Copy + 'static> Drop for Restore<V> {
         fn drop(&mut self) {
-            NOW.with(|slot| slot.set(self.0));
+            self.slot.with(|slot| slot.set(self.previous));
         }
     }
-    let previous = NOW.with(|slot| slot.replace(Some(now)));
-    let _restore = Restore(previous);
+    let previous = slot.with(|slot| slot.replace(Some(value)));
+    let _restore = Restore { slot, previous };
     call()
 }
 

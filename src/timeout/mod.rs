@@ -41,15 +41,7 @@ thread_local! {
 /// carry the deadline in their extensions as usual.
 #[inline]
 pub(crate) fn lend<T>(deadline: Deadline, call: impl FnOnce() -> T) -> T {
-    struct Restore(Option<Deadline>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            LENT.with(|slot| slot.set(self.0));
-        }
-    }
-    let previous = LENT.with(|slot| slot.replace(Some(deadline)));
-    let _restore = Restore(previous);
-    call()
+    crate::clock::lend(&LENT, deadline, call)
 }
 
 /// The request's deadline: the earlier of the one it carries and the one lent to this call.
