@@ -13,7 +13,44 @@ thread_local! {
     /// Whether a retry layer is listening, and the endpoint its attempt went to.
     static LISTENING: Cell<Option<Option<usize>>> = const { Cell::new(None) };
     /// The endpoints the current attempt should avoid (empty for a first attempt).
-    static AVOID: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    static AVOID: RefCell<Tried> = const { RefCell::new(Tried::new()) };
+}
+
+/// The endpoints a call has tried. The first is kept inline: a call that is never retried
+/// (nearly all) records one pick and allocates nothing.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Tried {
+    first: Option<usize>,
+    rest: Vec<usize>,
+}
+
+impl Tried {
+    pub(crate) const fn new() -> Self {
+        Self {
+            first: None,
+            rest: Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn push(&mut self, endpoint: usize) {
+        match self.first {
+            None => self.first = Some(endpoint),
+            Some(_) => self.rest.push(endpoint),
+        }
+    }
+
+    fn contains(&self, endpoint: usize) -> bool {
+        self.first == Some(endpoint) || self.rest.contains(&endpoint)
+    }
+
+    #[cfg(test)]
+    fn to_vec(&self) -> Vec<usize> {
+        self.first.iter().chain(&self.rest).copied().collect()
+    }
 }
 
 /// Runs `call` with `tried` as the endpoints to avoid, then adds the endpoint it picked.
@@ -21,10 +58,10 @@ thread_local! {
 /// A first attempt (nothing to avoid) costs two `Cell` swaps and a look at the list; only a
 /// retry (or an attempt nested in one) swaps a list in.
 #[cfg_attr(not(feature = "http"), allow(dead_code))]
-pub(crate) fn with_avoided<T>(tried: &mut Vec<usize>, call: impl FnOnce() -> T) -> T {
+pub(crate) fn with_avoided<T>(tried: &mut Tried, call: impl FnOnce() -> T) -> T {
     struct Restore {
         listening: Option<Option<usize>>,
-        avoid: Option<Vec<usize>>,
+        avoid: Option<Tried>,
     }
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -54,7 +91,7 @@ pub(crate) fn with_avoided<T>(tried: &mut Vec<usize>, call: impl FnOnce() -> T) 
 /// For the balancer: whether a retry asked to avoid `endpoint` (an endpoint's identity).
 #[inline]
 pub(crate) fn avoids(endpoint: usize) -> bool {
-    LISTENING.with(Cell::get).is_some() && AVOID.with(|a| a.borrow().contains(&endpoint))
+    LISTENING.with(Cell::get).is_some() && AVOID.with(|a| a.borrow().contains(endpoint))
 }
 
 /// For the balancer: whether a retry is listening at all (cheap: one thread-local read).
@@ -79,39 +116,44 @@ mod tests {
     #[test]
     fn an_attempt_sees_its_own_list_and_records_its_pick() {
         assert!(!active());
-        let mut tried = Vec::new();
+        let mut tried = Tried::new();
         with_avoided(&mut tried, || {
             assert!(active());
             assert!(!avoids(1));
             record_pick(1);
         });
-        assert_eq!(tried, [1]);
+        assert_eq!(tried.to_vec(), [1]);
         assert!(!active(), "nothing listens after the call");
         with_avoided(&mut tried, || {
             assert!(avoids(1));
             assert!(!avoids(2));
             record_pick(2);
         });
-        assert_eq!(tried, [1, 2]);
+        assert_eq!(tried.to_vec(), [1, 2]);
         record_pick(3);
-        assert_eq!(tried, [1, 2], "a pick outside an attempt is not recorded");
+        assert_eq!(
+            tried.to_vec(),
+            [1, 2],
+            "a pick outside an attempt is not recorded"
+        );
     }
 
     #[test]
     fn a_nested_attempt_hides_the_outer_list_and_restores_it() {
-        let mut outer = vec![7];
+        let mut outer = Tried::new();
+        outer.push(7);
         with_avoided(&mut outer, || {
             assert!(avoids(7));
-            let mut inner = Vec::new();
+            let mut inner = Tried::new();
             with_avoided(&mut inner, || {
                 assert!(!avoids(7), "the inner first attempt avoids nothing");
                 record_pick(8);
             });
-            assert_eq!(inner, [8]);
+            assert_eq!(inner.to_vec(), [8]);
             assert!(avoids(7), "the outer list is back");
             record_pick(9);
         });
-        assert_eq!(outer, [7, 9]);
+        assert_eq!(outer.to_vec(), [7, 9]);
         assert!(!active());
     }
 }

@@ -329,7 +329,7 @@ where
         } else {
             request.clone()
         };
-        let mut tried = Vec::new();
+        let mut tried = attempt::Tried::new();
         // The ready service makes this call; a clone makes the retries (tower's pattern).
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
@@ -392,7 +392,7 @@ where
     template: Request<ReplayBody<B>>,
     /// The request's deadline, put back into every retry's extensions.
     deadline: Option<Deadline>,
-    tried: Vec<usize>,
+    tried: attempt::Tried,
     attempts: u32,
     idempotent: bool,
     policy: Arc<Policy>,
