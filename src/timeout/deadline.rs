@@ -84,6 +84,7 @@ impl DeadlineLayer {
     /// a second timer per call would only cost a registration in tokio's timer wheel. The
     /// deadline is lent to those layers for the call (see `lend`) instead of being stored in
     /// the request, which nothing below them reads.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn bounded_inside(mut self) -> Self {
         self.timer = false;
         self
