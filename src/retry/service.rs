@@ -333,14 +333,18 @@ where
         // The ready service makes this call; a clone makes the retries (tower's pattern).
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
-        let future = attempt::with_avoided(&mut tried, || {
-            crate::clock::during(now, || ready.call(request))
-        });
+        let hedge_at = self
+            .policy
+            .config
+            .hedge_after
+            .filter(|_| idempotent)
+            .map(|delay| now + delay);
+        let (future, hedge) = call_attempt(&mut ready, &mut tried, request, now, hedge_at);
         RetryFuture {
             state: State::Calling,
             first: Some(future),
             second: None,
-            hedge: None,
+            hedge,
             hedge_spent: false,
             service: ready,
             template,
@@ -384,8 +388,8 @@ where
     /// A hedge in flight beside `first` (boxed, like the timers: a call that is neither
     /// hedged nor retried does not carry their room, and moves less).
     second: Option<Pin<Box<S::Future>>>,
-    /// When to hedge the attempt in `first`; created on its first pending poll.
-    hedge: Option<Pin<Box<Sleep>>>,
+    /// When to hedge the attempt in `first`, and what wakes the call then.
+    hedge: HedgeTimer,
     /// The current attempt was hedged already (or could not be).
     hedge_spent: bool,
     service: S,
@@ -413,10 +417,12 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Calling => {
+                    let _ = crate::timeout::woke();
                     let (result, class, hint) = match poll_attempts(&mut this, cx) {
                         Poll::Ready(answer) => answer,
                         Poll::Pending => {
-                            if hedge_due(&mut this, cx) {
+                            let woke = crate::timeout::woke();
+                            if hedge_due(&mut this, cx, woke) {
                                 send_hedge(&mut this);
                                 continue;
                             }
@@ -482,13 +488,14 @@ where
                 StateProj::Readying => {
                     ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
                     let request = next_attempt(this.template, *this.deadline);
-                    let service = &mut *this.service;
                     let now = crate::clock::now();
-                    let future = attempt::with_avoided(this.tried, || {
-                        crate::clock::during(now, || service.call(request))
-                    });
+                    let hedge_at = (this.policy.config.hedge_after)
+                        .filter(|_| *this.idempotent)
+                        .map(|delay| now + delay);
+                    let (future, hedge) =
+                        call_attempt(this.service, this.tried, request, now, hedge_at);
                     this.first.set(Some(future));
-                    *this.hedge = None;
+                    *this.hedge = hedge;
                     *this.hedge_spent = false;
                     this.state.set(State::Calling);
                 }
@@ -548,33 +555,71 @@ where
     Poll::Pending
 }
 
-/// Whether to hedge now: hedging is on, the lone attempt has run past the delay, and a
-/// hedge is allowed (idempotent, complete body, attempts, deadline, budget).
-fn hedge_due<S, B>(this: &mut RetryProj<'_, S, B>, cx: &mut Context<'_>) -> bool
+/// What wakes a call when its attempt is due a hedge.
+#[derive(Debug)]
+enum HedgeTimer {
+    /// No hedge for this attempt (hedging is off, or the request is not idempotent).
+    Off,
+    /// The attempt's per-try timeout below wakes the call at the instant and says so (see
+    /// `timeout::wake_at`): one timer does for both.
+    Lent,
+    /// A timer of its own, for the instant (created on the attempt's first pending poll),
+    /// when no per-try timeout below took the instant over.
+    Own(tokio::time::Instant, Option<Pin<Box<Sleep>>>),
+}
+
+/// Makes one attempt, offering the hedge instant (if any) to a per-try timeout below.
+fn call_attempt<S, R>(
+    service: &mut S,
+    tried: &mut attempt::Tried,
+    request: R,
+    now: tokio::time::Instant,
+    hedge_at: Option<tokio::time::Instant>,
+) -> (S::Future, HedgeTimer)
+where
+    S: Service<R>,
+{
+    attempt::with_avoided(tried, || {
+        crate::clock::during(now, || match hedge_at {
+            None => (service.call(request), HedgeTimer::Off),
+            Some(at) => match crate::timeout::wake_at(at, || service.call(request)) {
+                (future, true) => (future, HedgeTimer::Lent),
+                (future, false) => (future, HedgeTimer::Own(at, None)),
+            },
+        })
+    })
+}
+
+/// Whether to hedge now: hedging is on, the lone attempt has run past the delay (`woke`: the
+/// per-try timeout below said so), and a hedge is allowed (complete body, attempts, deadline,
+/// budget).
+fn hedge_due<S, B>(this: &mut RetryProj<'_, S, B>, cx: &mut Context<'_>, woke: bool) -> bool
 where
     S: Service<Request<ReplayBody<B>>>,
     S::Error: Into<BoxError>,
 {
-    let Some(delay) = this.policy.config.hedge_after else {
-        return false;
-    };
     if *this.hedge_spent || this.second.is_some() {
         return false;
     }
-    if this.hedge.is_none() {
-        if !*this.idempotent || !this.template.body().is_complete() {
-            *this.hedge_spent = true;
-            return false;
+    let due = match this.hedge {
+        HedgeTimer::Off => return false,
+        HedgeTimer::Lent => woke,
+        HedgeTimer::Own(at, sleep) => {
+            let at = *at;
+            sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+                .as_mut()
+                .poll(cx)
+                .is_ready()
         }
-        *this.hedge = Some(Box::pin(tokio::time::sleep(delay)));
-    }
-    let Some(timer) = this.hedge.as_mut() else {
-        return false;
     };
-    if timer.as_mut().poll(cx).is_pending() {
+    if !due {
         return false;
     }
     *this.hedge_spent = true;
+    if !this.template.body().is_complete() {
+        return false;
+    }
     let time_left = this.deadline.is_none_or(|d| !d.remaining().is_zero());
     if *this.attempts >= this.policy.config.max_attempts || !time_left {
         return false;

@@ -44,6 +44,48 @@ pub(crate) fn lend<T>(deadline: Deadline, call: impl FnOnce() -> T) -> T {
     crate::clock::lend(&LENT, deadline, call)
 }
 
+thread_local! {
+    /// An instant a retry layer wants its call woken at (to hedge), lent while it makes an
+    /// attempt's `call`, and whether a per-try timeout below took it over.
+    static WAKE: Cell<Option<(tokio::time::Instant, bool)>> = const { Cell::new(None) };
+    /// A per-try timeout's timer fired early, at an instant taken over with [`take_wake`].
+    static WOKE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes `call` with `at` offered to a per-try timeout it reaches synchronously, which then
+/// also wakes the task at `at` (one timer where there would be two); returns whether one did.
+/// The caller learns that the instant has come from [`woke`] after polling the attempt.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+#[inline]
+pub(crate) fn wake_at<T>(at: tokio::time::Instant, call: impl FnOnce() -> T) -> (T, bool) {
+    crate::clock::lend(&WAKE, (at, false), || {
+        let made = call();
+        let taken = WAKE.with(|slot| slot.get().is_some_and(|(_, taken)| taken));
+        (made, taken)
+    })
+}
+
+/// For a timer due at `due`: an earlier instant a layer above asked to be woken at, now this
+/// timer's to keep (once per offer).
+#[inline]
+fn take_wake(due: tokio::time::Instant) -> Option<tokio::time::Instant> {
+    WAKE.with(|slot| match slot.get() {
+        Some((at, false)) if at < due => {
+            slot.set(Some((at, true)));
+            Some(at)
+        }
+        _ => None,
+    })
+}
+
+/// Whether a timer that took over a wake-up instant fired during the polls since the last
+/// look (and forgets it).
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+#[inline]
+pub(crate) fn woke() -> bool {
+    WOKE.with(|woke| woke.replace(false))
+}
+
 /// The request's deadline: the earlier of the one it carries and the one lent to this call.
 #[inline]
 pub(crate) fn deadline_of<R: TimeoutRequest + ?Sized>(request: &R) -> Option<Deadline> {

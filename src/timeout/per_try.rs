@@ -119,9 +119,12 @@ where
             };
         }
         req.propagate_timeout(timeout, self.layer.header.as_ref());
+        // Also wakes the call early for a retry layer above that asked (to hedge); taken
+        // before the inner call, so no per-try timeout further in takes it first.
+        let timer = LazyTimer::waking_early(now + timeout);
         PerTryTimeoutFuture {
             inner: Some(crate::clock::during(now, || self.inner.call(req))),
-            timer: LazyTimer::new(now + timeout),
+            timer,
             timeout,
             by_deadline,
         }

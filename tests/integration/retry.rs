@@ -459,3 +459,56 @@ async fn a_stalled_get_is_hedged_after_the_delay_and_the_first_final_answer_wins
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// Over a per-try timeout, the retry layer's hedge instant is kept by the per-try timer (one
+/// timer per attempt instead of two); the hedge still leaves on time, and the attempt keeps
+/// its own timeout.
+#[tokio::test(start_paused = true)]
+async fn a_hedge_over_a_per_try_timeout_leaves_on_time_and_the_attempt_keeps_its_timeout() {
+    let stack = |max_attempts: u32, delays: &'static [Option<u64>], calls: Arc<AtomicUsize>| {
+        ServiceBuilder::new()
+            .layer(RetryLayer::new(
+                "hedge",
+                RetryConfig::default()
+                    .max_attempts(max_attempts)
+                    .hedge_after(Duration::from_millis(50)),
+            ))
+            .layer(PerTryTimeoutLayer::new(Duration::from_secs(1)))
+            .service(delayed(delays, calls))
+    };
+    let get = || Request::get("/").body(Full::default()).unwrap();
+
+    // The first attempt never answers; the hedge leaves at 50 ms and answers at once.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let response = stack(3, &[None, Some(0)], calls.clone())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-call"], "1");
+    assert_eq!(started.elapsed(), Duration::from_millis(50));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // Neither answers: the first attempt still times out at 1 s (its timer went on after
+    // waking the call for the hedge), the hedge at 1.05 s, and the call ends with it.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let error = stack(2, &[None, None], calls.clone())
+        .oneshot(get())
+        .await
+        .unwrap_err();
+    assert!(error.is::<seawall::TryTimeout>(), "{error}");
+    assert_eq!(started.elapsed(), Duration::from_millis(1050));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // An answer before the hedge delay: no hedge, and nothing fires later.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let response = stack(3, &[Some(10)], calls.clone())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-call"], "0");
+    assert_eq!(started.elapsed(), Duration::from_millis(10));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
