@@ -101,6 +101,11 @@ impl RetryConfig {
     /// `hedge_on_per_try_timeout` with the hedge delay shorter than the per-try timeout. Pick
     /// a delay well above the upstream's normal p99, so hedges answer stalls, not the tail.
     ///
+    /// The delay counts from the attempt's call. Over a
+    /// [`PerTryTimeoutLayer`](crate::timeout::PerTryTimeoutLayer) reached synchronously (as
+    /// in [`Upstream`](crate::Upstream)) the per-try timer also wakes the call at the hedge
+    /// instant, so an attempt costs one timer, not two.
+    ///
     /// ```
     /// use std::time::Duration;
     /// use seawall::retry::RetryConfig;
