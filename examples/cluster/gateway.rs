@@ -1,6 +1,7 @@
 //! The gateway: routes `/<service>/<path>` to one live instance of `<service>` through one
 //! `seawall::Upstream` per service (deadline → retry → per-try timeout → balance →
-//! per-endpoint breaker → pooled client), after checking the caller's token with `auth`.
+//! per-endpoint breaker → each instance's own HTTP/1.1 connections), after checking the
+//! caller's token with `auth`.
 //!
 //! It also serves `/metrics` (Prometheus text), `/admin/instances` (JSON) and the admin
 //! commands, and in gateway-only mode fronts a fixed set of backends with every path.
