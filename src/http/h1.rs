@@ -2,7 +2,7 @@
 //!
 //! hyper's client gives every connection a task of its own: a request travels to it over a
 //! channel, and its response comes back over another. In a proxy that is a hand-off per
-//! request, and about a third of the instructions a request proxied by the example gateway
+//! request, and about a fifth of the instructions a request proxied by the example gateway
 //! cost. Here the request's future writes the request and reads the response head itself,
 //! and the response body reads the rest and gives the connection back to its pool when the
 //! last byte has arrived.

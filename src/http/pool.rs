@@ -6,7 +6,7 @@
 //! HTTP/1 spawns a task per request that waits for the connection to be free again before
 //! putting it back; and hyper's connections each run in a task of their own, so every
 //! request is handed to that task over a channel and its response handed back. Measured in
-//! the example gateway, the two cost about two fifths of the instructions of a proxied
+//! the example gateway, the two cost about a third of the instructions of a proxied
 //! request. A balancer endpoint already *is* the pool key, so [`Http1Pool`] keeps idle
 //! connections in the endpoint itself, and the request's own future writes the request and
 //! reads the response on the connection it took (see `h1`): nothing is handed to another task.
