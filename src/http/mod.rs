@@ -247,6 +247,16 @@ fn rewrite(uri: &Uri, authority: &Authority) -> Result<Uri, http::Error> {
         .build()
 }
 
+/// Whether RFC 9110 (9.2.2) calls the method idempotent: sending it twice has the effect of
+/// sending it once, so a retry, a hedge or a resend on a fresh connection is safe.
+pub(crate) fn idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 /// The path and query an upstream request carries: only an origin-form path can follow an
 /// authority or start an HTTP/1.1 request line, so `*` and empty paths become `/`.
 fn origin_path(uri: &Uri) -> PathAndQuery {

@@ -186,7 +186,7 @@ impl Http1Pool {
                         && !outgoing.body_polled()
                         && match failure {
                             Failure::Write(_) => true,
-                            Failure::ClosedBeforeResponse => idempotent(&parts.method),
+                            Failure::ClosedBeforeResponse => super::idempotent(&parts.method),
                             _ => false,
                         } =>
                 {
@@ -240,13 +240,4 @@ impl Http1Pool {
         let _ = stream.set_nodelay(true);
         Ok(Conn::new(stream))
     }
-}
-
-/// Methods RFC 9110 (9.2.2) calls idempotent.
-fn idempotent(method: &http::Method) -> bool {
-    use http::Method;
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }

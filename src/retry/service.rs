@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use metrics::{Counter, Label};
 use pin_project::pin_project;
 use tokio::time::Sleep;
@@ -289,14 +289,6 @@ impl<S> fmt::Debug for Retry<S> {
     }
 }
 
-/// Whether the method is idempotent by definition (RFC 9110).
-fn idempotent_method(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
-
 impl<S, B, RB> Service<Request<B>> for Retry<S>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
@@ -314,7 +306,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let now = crate::clock::now();
         self.policy.budget.deposit_at(now);
-        let idempotent = idempotent_method(request.method())
+        let idempotent = crate::http::idempotent(request.method())
             || request.extensions().get::<Idempotent>().is_some();
         let (parts, body) = request.into_parts();
         let mut request = Request::from_parts(
