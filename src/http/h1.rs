@@ -279,12 +279,18 @@ pub(crate) fn encode_head<B: Body>(
     Ok(Encoded { sending, close })
 }
 
-/// Whether a `connection` header value lists `close`.
-fn says_close(value: &HeaderValue) -> bool {
+/// The comma-separated tokens of a header value (`connection`, `transfer-encoding`),
+/// trimmed; compare them without regard to case.
+fn tokens(value: &HeaderValue) -> impl DoubleEndedIterator<Item = &[u8]> {
     value
         .as_bytes()
         .split(|&b| b == b',')
-        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+        .map(<[u8]>::trim_ascii)
+}
+
+/// Whether a `connection` header value lists `close`.
+fn says_close(value: &HeaderValue) -> bool {
+    tokens(value).any(|token| token.eq_ignore_ascii_case(b"close"))
 }
 
 /// Methods whose requests say their length even when it is zero (servers may demand it).
@@ -598,21 +604,16 @@ struct Fields {
 impl Fields {
     fn see(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), Failure> {
         if name == CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            self.close |= says_close(value);
+            self.keep_alive |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"keep-alive"));
         } else if name == TRANSFER_ENCODING {
             self.transfer_encoding = true;
-            self.chunked = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            self.chunked = tokens(value)
+                .next_back()
+                .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"));
         } else if name == CONTENT_LENGTH {
-            for part in value.as_bytes().split(|&b| b == b',') {
-                let n = std::str::from_utf8(part.trim_ascii())
+            for part in tokens(value) {
+                let n = std::str::from_utf8(part)
                     .ok()
                     .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                     .and_then(|s| s.parse::<u64>().ok())
