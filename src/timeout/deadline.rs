@@ -63,9 +63,9 @@ impl Deadline {
 pub struct DeadlineLayer {
     total: Duration,
     honor_grpc_timeout: bool,
-    /// Whether the layer arms its own timer; off only where every wait below is already
-    /// bounded by the deadline (see `bounded_inside`).
-    timer: bool,
+    /// Inside an `Upstream` (see `bounded_inside`): no timer of its own, and the deadline
+    /// lent to the layers below instead of stored in the request.
+    inside_upstream: bool,
 }
 
 impl DeadlineLayer {
@@ -74,7 +74,7 @@ impl DeadlineLayer {
         Self {
             total,
             honor_grpc_timeout: false,
-            timer: true,
+            inside_upstream: false,
         }
     }
 
@@ -86,7 +86,7 @@ impl DeadlineLayer {
     /// the request, which nothing below them reads.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn bounded_inside(mut self) -> Self {
-        self.timer = false;
+        self.inside_upstream = true;
         self
     }
 
@@ -158,7 +158,7 @@ where
         if let Some(existing) = req.deadline() {
             deadline = deadline.min(existing);
         }
-        let inner = if self.layer.timer {
+        let inner = if !self.layer.inside_upstream {
             req.set_deadline(deadline);
             crate::clock::during(now, || self.inner.call(req))
         } else {
@@ -168,7 +168,7 @@ where
         };
         DeadlineFuture {
             inner: Some(inner),
-            timer: self.layer.timer.then(|| LazyTimer::new(deadline.0)),
+            timer: (!self.layer.inside_upstream).then(|| LazyTimer::new(deadline.0)),
             deadline: deadline.0,
             started: now,
         }
