@@ -194,6 +194,22 @@ async fn every_response_framing_arrives_whole_on_one_kept_connection() {
     assert!(heads[3].starts_with("head /x "), "{}", heads[3]);
 }
 
+/// A server that closes each connection after one answer without saying so: the client finds
+/// out only when it tries the kept connection again.
+#[tokio::test]
+async fn a_kept_connection_the_server_closed_is_replaced_without_an_error() {
+    let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let (addr, seen) = scripted(vec![(ok, true); 5]).await;
+    let endpoint = endpoint(addr);
+    for _ in 0..5 {
+        let (_, body, _) = get(&endpoint, http::Method::GET)
+            .await
+            .expect("a closed kept connection is not the caller's problem");
+        assert_eq!(body, "ok");
+    }
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 5);
+}
+
 #[tokio::test]
 async fn request_bodies_go_out_with_their_length_or_chunked() {
     let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";

@@ -270,60 +270,6 @@ async fn own_connections_are_kept_per_instance_and_requests_go_out_in_origin_for
     }
 }
 
-/// A server that answers one request per connection (keep-alive implied), then closes it
-/// without saying so: the client finds out only when it tries the connection again.
-async fn one_shot_server() -> (
-    SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    tokio::task::JoinHandle<()>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = accepted.clone();
-    let task = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                .await;
-            drop(stream);
-        }
-    });
-    (addr, accepted, task)
-}
-
-#[tokio::test]
-async fn a_kept_connection_the_server_closed_is_replaced_without_an_error() {
-    use seawall::http::{Http1Config, HttpEndpoint};
-    let (addr, accepted, task) = one_shot_server().await;
-    let endpoint =
-        HttpEndpoint::<Empty<Bytes>>::http1(&Instance::new("x", addr), Http1Config::default());
-    for _ in 0..5 {
-        let request = http::Request::get("/again").body(Empty::new()).unwrap();
-        let response =
-            tokio::time::timeout(Duration::from_secs(5), endpoint.clone().oneshot(request))
-                .await
-                .expect("bounded")
-                .expect("a closed kept connection is not the caller's problem");
-        assert_eq!(
-            response.into_body().collect().await.unwrap().to_bytes(),
-            "ok"
-        );
-    }
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 5);
-    task.abort();
-}
-
 #[tokio::test]
 async fn a_refused_connection_is_a_connect_error_and_a_post_is_retried_elsewhere() {
     use seawall::Upstream;
