@@ -16,16 +16,12 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Empty, Full, Limited};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use seawall::balance::Picker;
 use seawall::breaker::{BreakerConfig, State, Window};
 use seawall::discover::Instance;
-use seawall::http::Http1Config;
+use seawall::http::{Http1Config, Http1Server, RequestBody};
 use seawall::retry::RetryConfig;
 use seawall::{BoxError, ErrorKind, HttpUpstream, Upstream};
 use serde::{Deserialize, Serialize};
@@ -36,7 +32,7 @@ use tower::{Service as _, ServiceExt};
 use crate::instance::{Behaviour, Cluster};
 
 /// What the gateway sends upstream: the caller's body, capped, or nothing (token checks).
-pub type GatewayBody = Either<Limited<Incoming>, Empty<Bytes>>;
+pub type GatewayBody = Either<Limited<RequestBody>, Empty<Bytes>>;
 /// What the gateway answers with: an upstream's body, streamed, or its own.
 pub type ResponseBody = Either<seawall::http::ResponseBody, Full<Bytes>>;
 type Service = HttpUpstream<String, GatewayBody, Picker>;
@@ -276,7 +272,7 @@ impl Gateway {
         drain: Duration,
     ) {
         let connections = Arc::new(guard::Shutdown::default());
-        let header_timeout = self.config.header_read_timeout;
+        let server = Http1Server::new().header_read_timeout(self.config.header_read_timeout);
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {
@@ -285,22 +281,12 @@ impl Gateway {
                     let _ = stream.set_nodelay(true);
                     let gateway = Arc::clone(&self);
                     let peer = Peer::new(peer);
-                    let activity = Arc::new(guard::Activity::default());
-                    let requests = Arc::clone(&activity);
-                    let service = service_fn(move |request| {
-                        requests.start();
+                    let service = tower::service_fn(move |request| {
                         let gateway = Arc::clone(&gateway);
                         let peer = peer.clone();
-                        let requests = Arc::clone(&requests);
-                        async move {
-                            let response = gateway.handle(request, &peer).await;
-                            Ok::<_, Infallible>(response.map(|body| requests.track(body)))
-                        }
+                        async move { Ok::<_, Infallible>(gateway.handle(request, &peer).await) }
                     });
-                    // No timer for hyper: the watch below keeps the header-read timeout.
-                    let connection =
-                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                    let connection = connections.watch(connection, activity, header_timeout);
+                    let connection = connections.watch(server.serve(stream, service));
                     tokio::spawn(async move {
                         let _ = connection.await;
                     });
@@ -330,7 +316,7 @@ impl Gateway {
             .sum()
     }
 
-    async fn handle(&self, request: Request<Incoming>, peer: &Peer) -> Response<ResponseBody> {
+    async fn handle(&self, request: Request<RequestBody>, peer: &Peer) -> Response<ResponseBody> {
         let path = request.uri().path();
         if path == "/metrics" {
             return self.metrics();
@@ -367,7 +353,7 @@ impl Gateway {
         route: &Route,
         service: &str,
         rest: Option<String>,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         peer: &Peer,
     ) -> Response<ResponseBody> {
         let (mut parts, body) = request.into_parts();
@@ -551,7 +537,7 @@ impl Gateway {
         views
     }
 
-    async fn admin(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+    async fn admin(&self, request: Request<RequestBody>) -> Response<ResponseBody> {
         let path = request.uri().path().to_owned();
         let query = request.uri().query().unwrap_or("").to_owned();
         if path == "/admin/instances" && request.method() == Method::GET {
@@ -958,27 +944,23 @@ impl Fleet {
     }
 }
 
-/// The gateway's watch over each client connection: graceful shutdown, and the header-read
-/// timeout, both without any per-request cost.
-///
-/// hyper's own header-read timeout allocates, arms and cancels a timer for every request
-/// (the connection waits for the next head under a fresh one), and hyper-util's graceful
-/// shutdown watcher takes a lock on every poll of every connection. Measured in the
-/// gateway, the two cost about 3 % of a proxied request's instructions. Here each
-/// connection has one coarse timer, due every half header-read timeout, and registers its
-/// waker for shutdown once.
+/// The gateway's watch over its client connections for graceful shutdown, without any
+/// per-request cost: each connection registers its waker once (hyper-util's graceful
+/// watcher took a lock on every poll of every connection). The header-read timeout is the
+/// server connection's own ([`Http1Server::header_read_timeout`]).
 mod guard {
     use std::future::Future;
     use std::pin::Pin;
-    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex, PoisonError};
     use std::task::{Context, Poll, Waker};
-    use std::time::Duration;
 
-    use hyper_util::server::graceful::GracefulConnection;
+    use http::{Request, Response};
     use pin_project::{pin_project, pinned_drop};
+    use seawall::BoxError;
+    use seawall::http::{Connection, RequestBody, ServeError};
     use tokio::sync::Notify;
-    use tokio::time::{Instant, Sleep};
+    use tower::Service;
 
     /// One worker's connections, told to finish when the gateway stops.
     #[derive(Default)]
@@ -992,26 +974,17 @@ mod guard {
 
     impl Shutdown {
         /// Watches `conn`: it finishes gracefully when [`shutdown`](Self::shutdown) is
-        /// called, and is closed when it has waited for a request head (idle, or with part
-        /// of a head) for between `header_timeout` and 1.5 × that.
-        pub fn watch<C: GracefulConnection>(
-            self: &Arc<Self>,
-            conn: C,
-            activity: Arc<Activity>,
-            header_timeout: Duration,
-        ) -> Watched<C> {
+        /// called.
+        pub fn watch<S, B>(self: &Arc<Self>, conn: Connection<S, B>) -> Watched<S, B>
+        where
+            S: Service<Request<RequestBody>, Response = Response<B>>,
+        {
             self.live.fetch_add(1, Ordering::Relaxed);
-            let period = header_timeout / 2;
             Watched {
                 conn,
-                check: tokio::time::sleep(period),
                 shutdown: Arc::clone(self),
-                activity,
-                period,
                 slot: None,
                 waker: None,
-                seen: 0,
-                idle_checks: 0,
                 draining: false,
             }
         }
@@ -1039,87 +1012,29 @@ mod guard {
         }
     }
 
-    /// What a connection's watch sees of its requests.
-    #[derive(Debug, Default)]
-    pub struct Activity {
-        /// Requests whose head has been read (the service was called).
-        started: AtomicU64,
-        /// Responses hyper is done with (written whole, or abandoned).
-        finished: AtomicU64,
-    }
-
-    impl Activity {
-        /// A request head has been read.
-        pub fn start(&self) {
-            self.started.fetch_add(1, Ordering::Relaxed);
-        }
-
-        /// The response body, which counts the request finished when hyper drops it.
-        pub fn track<B>(self: Arc<Self>, body: B) -> Tracked<B> {
-            Tracked {
-                body,
-                activity: self,
-            }
-        }
-    }
-
-    /// A response body that tells its connection's watch when it is done with.
-    #[pin_project(PinnedDrop)]
-    pub struct Tracked<B> {
-        #[pin]
-        body: B,
-        activity: Arc<Activity>,
-    }
-
-    #[pinned_drop]
-    impl<B> PinnedDrop for Tracked<B> {
-        fn drop(self: Pin<&mut Self>) {
-            self.activity.finished.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    impl<B: http_body::Body> http_body::Body for Tracked<B> {
-        type Data = B::Data;
-        type Error = B::Error;
-
-        fn poll_frame(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-            self.project().body.poll_frame(cx)
-        }
-
-        fn is_end_stream(&self) -> bool {
-            self.body.is_end_stream()
-        }
-
-        fn size_hint(&self) -> http_body::SizeHint {
-            self.body.size_hint()
-        }
-    }
-
     /// A connection under watch (see [`Shutdown::watch`]).
     #[pin_project(PinnedDrop)]
-    pub struct Watched<C> {
+    pub struct Watched<S, B>
+    where
+        S: Service<Request<RequestBody>, Response = Response<B>>,
+    {
         #[pin]
-        conn: C,
-        #[pin]
-        check: Sleep,
+        conn: Connection<S, B>,
         shutdown: Arc<Shutdown>,
-        activity: Arc<Activity>,
-        period: Duration,
         /// Where the waker is registered with `shutdown`.
         slot: Option<usize>,
         waker: Option<Waker>,
-        /// Requests started at the last check.
-        seen: u64,
-        /// Checks in a row that found the connection waiting for the same next head.
-        idle_checks: u8,
         draining: bool,
     }
 
-    impl<C: GracefulConnection> Future for Watched<C> {
-        type Output = Result<(), C::Error>;
+    impl<S, B> Future for Watched<S, B>
+    where
+        S: Service<Request<RequestBody>, Response = Response<B>>,
+        S::Error: Into<BoxError>,
+        B: http_body::Body,
+        B::Error: Into<BoxError>,
+    {
+        type Output = Result<(), ServeError>;
 
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
             let mut this = self.project();
@@ -1147,29 +1062,15 @@ mod guard {
                     this.conn.as_mut().graceful_shutdown();
                 }
             }
-            while this.check.as_mut().poll(cx).is_ready() {
-                let started = this.activity.started.load(Ordering::Relaxed);
-                let waiting = started == this.activity.finished.load(Ordering::Relaxed);
-                if waiting && started == *this.seen {
-                    *this.idle_checks += 1;
-                } else {
-                    *this.idle_checks = 0;
-                    *this.seen = started;
-                }
-                // Waiting for the same head at three checks half a timeout apart: the head
-                // is overdue. Dropping the connection closes it.
-                if *this.idle_checks >= 3 {
-                    return Poll::Ready(Ok(()));
-                }
-                let next = Instant::now() + *this.period;
-                this.check.as_mut().reset(next);
-            }
             this.conn.poll(cx)
         }
     }
 
     #[pinned_drop]
-    impl<C> PinnedDrop for Watched<C> {
+    impl<S, B> PinnedDrop for Watched<S, B>
+    where
+        S: Service<Request<RequestBody>, Response = Response<B>>,
+    {
         fn drop(self: Pin<&mut Self>) {
             let this = self.project();
             if let Some(slot) = this.slot.take() {

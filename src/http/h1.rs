@@ -25,22 +25,22 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::pool::Http1Pool;
 use crate::BoxError;
 
-/// Headers a response head may carry.
-const MAX_HEADERS: usize = 100;
-/// Bytes a response head (or a chunk-size line, or the trailers) may take.
-const MAX_HEAD: usize = 64 * 1024;
+/// Headers a message head may carry.
+pub(super) const MAX_HEADERS: usize = 100;
+/// Bytes a message head (or a chunk-size line, or the trailers) may take.
+pub(super) const MAX_HEAD: usize = 64 * 1024;
 /// Bytes read at a time at first, and at least.
-const READ_CHUNK: usize = 8 * 1024;
+pub(super) const READ_CHUNK: usize = 8 * 1024;
 /// Bytes read at a time at most: reads grow while they fill the buffer (large bodies).
 const MAX_READ_CHUNK: usize = 256 * 1024;
 /// Body bytes gathered before they are written.
-const WRITE_CHUNK: usize = 64 * 1024;
+pub(super) const WRITE_CHUNK: usize = 64 * 1024;
 
 /// A connection to an instance, between or during exchanges.
 pub(crate) struct Conn {
@@ -82,24 +82,31 @@ impl Conn {
 
     /// Reads more bytes into `read`; 0 means the server closed the connection.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < self.read_chunk / 4 {
-            self.read.reserve(self.read_chunk);
-        }
-        let room = self.read.capacity() - self.read.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.read
-        ))?;
-        // Like hyper's adaptive reads: a read that filled its room asks for twice the room
-        // next time, one that used less than a quarter of it for half.
-        if n == room {
-            self.read_chunk = (self.read_chunk * 2).min(MAX_READ_CHUNK);
-        } else if n < room / 4 {
-            self.read_chunk = (self.read_chunk / 2).max(READ_CHUNK);
-        }
-        Poll::Ready(Ok(n))
+        poll_fill(&mut self.io, &mut self.read, &mut self.read_chunk, cx)
     }
+}
+
+/// Reads more bytes from `io` into `read`, `read_chunk` at a time; 0 means the peer closed
+/// the connection.
+pub(super) fn poll_fill<R: AsyncRead + Unpin>(
+    io: &mut R,
+    read: &mut BytesMut,
+    read_chunk: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if read.capacity() - read.len() < *read_chunk / 4 {
+        read.reserve(*read_chunk);
+    }
+    let room = read.capacity() - read.len();
+    let n = ready!(tokio_util::io::poll_read_buf(Pin::new(io), cx, read))?;
+    // Like hyper's adaptive reads: a read that filled its room asks for twice the room
+    // next time, one that used less than a quarter of it for half.
+    if n == room {
+        *read_chunk = (*read_chunk * 2).min(MAX_READ_CHUNK);
+    } else if n < room / 4 {
+        *read_chunk = (*read_chunk / 2).max(READ_CHUNK);
+    }
+    Poll::Ready(Ok(n))
 }
 
 /// What went wrong in an exchange, and whether the request may have reached the server.
@@ -281,7 +288,7 @@ pub(crate) fn encode_head<B: Body>(
 
 /// The comma-separated tokens of a header value (`connection`, `transfer-encoding`),
 /// trimmed; compare them without regard to case.
-fn tokens(value: &HeaderValue) -> impl DoubleEndedIterator<Item = &[u8]> {
+pub(super) fn tokens(value: &HeaderValue) -> impl DoubleEndedIterator<Item = &[u8]> {
     value
         .as_bytes()
         .split(|&b| b == b',')
@@ -289,7 +296,7 @@ fn tokens(value: &HeaderValue) -> impl DoubleEndedIterator<Item = &[u8]> {
 }
 
 /// Whether a `connection` header value lists `close`.
-fn says_close(value: &HeaderValue) -> bool {
+pub(super) fn says_close(value: &HeaderValue) -> bool {
     tokens(value).any(|token| token.eq_ignore_ascii_case(b"close"))
 }
 
@@ -298,7 +305,7 @@ fn expects_length(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH)
 }
 
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(super) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -415,7 +422,7 @@ where
     }
 }
 
-fn write_chunk_size(w: &mut Vec<u8>, mut n: u64) {
+pub(super) fn write_chunk_size(w: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 16];
     let mut i = digits.len();
     loop {
@@ -451,7 +458,7 @@ enum Framing {
 
 /// Where a chunked body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(super) enum Chunk {
     /// A chunk-size line is next.
     Size,
     /// This many bytes of chunk data are next.
@@ -578,7 +585,7 @@ fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<Head>, Failure>
     }
 }
 
-fn parse_error(e: httparse::Error) -> &'static str {
+pub(super) fn parse_error(e: httparse::Error) -> &'static str {
     match e {
         httparse::Error::HeaderName => "invalid header name",
         httparse::Error::HeaderValue => "invalid header value",
@@ -810,14 +817,17 @@ impl Drop for Incoming {
 }
 
 /// What a chunked body gave.
-enum Step {
+pub(super) enum Step {
     Data(Bytes),
     /// The last chunk and its trailers, if it had any.
     End(Option<HeaderMap>),
 }
 
 /// Advances a chunked body over what `read` holds; `None` when it needs more bytes.
-fn step_chunked(chunk: &mut Chunk, read: &mut BytesMut) -> Result<Option<Step>, &'static str> {
+pub(super) fn step_chunked(
+    chunk: &mut Chunk,
+    read: &mut BytesMut,
+) -> Result<Option<Step>, &'static str> {
     loop {
         match *chunk {
             Chunk::Size => match httparse::parse_chunk_size(read) {

@@ -56,10 +56,12 @@ pub(crate) mod h1;
 pub mod headers;
 mod pool;
 mod replay;
+mod server;
 
 pub use self::h1::ExchangeError;
 pub use self::pool::{ConnectError, Http1Config};
 pub use self::replay::{BodyNotReplayable, DEFAULT_REPLAY_CAP, ReplayBody};
+pub use self::server::{Connection, Http1Server, RequestBody, ServeError};
 
 use self::pool::Http1Pool;
 
@@ -371,10 +373,10 @@ impl http_body::Body for ResponseBody {
         match &mut self.get_mut().inner {
             BodyInner::Hyper(body) => Pin::new(body)
                 .poll_frame(cx)
-                .map_err(|e| BodyError { source: e.into() }),
+                .map_err(|e| BodyError::response(e.into())),
             BodyInner::Own(body) => body
                 .poll_frame(cx)
-                .map_err(|e| BodyError { source: e.into() }),
+                .map_err(|e| BodyError::response(e.into())),
         }
     }
 
@@ -393,18 +395,37 @@ impl http_body::Body for ResponseBody {
     }
 }
 
-/// A response body broke off: the connection failed or the instance broke the framing it
-/// announced. The response is incomplete; [`source`](std::error::Error::source) says why.
+/// A body broke off: the connection failed or the peer broke the framing it
+/// announced. The message is incomplete; [`source`](std::error::Error::source) says why.
 #[derive(Debug)]
 pub struct BodyError {
     source: BoxError,
+    /// A [`RequestBody`] (read from a client) rather than a response body.
+    request: bool,
+}
+
+impl BodyError {
+    fn response(source: BoxError) -> Self {
+        Self {
+            source,
+            request: false,
+        }
+    }
+
+    fn request(source: BoxError) -> Self {
+        Self {
+            source,
+            request: true,
+        }
+    }
 }
 
 impl fmt::Display for BodyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let which = if self.request { "request" } else { "response" };
         write!(
             f,
-            "the response body broke off ({}); the response is incomplete",
+            "the {which} body broke off ({}); the {which} is incomplete",
             self.source
         )
     }
