@@ -535,6 +535,9 @@ fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<Head>, Failure>
         let httparse::Status::Complete(len) = status else {
             return Ok(None);
         };
+        if len > MAX_HEAD {
+            return Err(Failure::Malformed("the response head exceeds 64 KiB"));
+        }
         let code = parsed.code.unwrap_or(0);
         let version = match parsed.version {
             Some(0) => Version::HTTP_10,

@@ -186,11 +186,13 @@ enum State<F, B> {
     /// `pending` waits for the service to be ready.
     Ready,
     Call(#[pin] F),
-    /// Writing the response; `body` is `None` once it has ended.
+    /// Writing the response; `body` is `None` once it has ended. A body that broke off
+    /// still gets what it gave before written, then the connection closes with `broken`.
     Send {
         #[pin]
         body: Option<B>,
         out: Out,
+        broken: Option<BoxError>,
     },
     /// Writing what `write` holds (the connection's own refusal), then closing with the
     /// reason.
@@ -249,13 +251,15 @@ impl Watch {
     /// Whether the connection has waited for one head over its time.
     fn overdue(&mut self, cx: &mut Context<'_>, waiting: bool, requests: u64) -> bool {
         while self.timer.as_mut().poll(cx).is_ready() {
-            if waiting && requests == self.seen {
-                self.idle_checks += 1;
-            } else {
-                self.idle_checks = 0;
-                self.seen = requests;
-            }
-            // Waiting for the same head at three checks half a timeout apart.
+            // A check that finds the connection waiting, with a request started or answered
+            // since the last check, counts one: the wait began within the last period.
+            self.idle_checks = match (waiting, requests == self.seen) {
+                (true, true) => self.idle_checks.saturating_add(1),
+                (true, false) => 1,
+                (false, _) => 0,
+            };
+            self.seen = requests;
+            // Waiting at three checks half a timeout apart: for between 1 and 1.5 timeouts.
             if self.idle_checks >= 3 {
                 return true;
             }
@@ -472,7 +476,11 @@ where
                             );
                             this.current.close = close;
                             let body = (out != Out::Nothing).then_some(body);
-                            this.state.set(State::Send { body, out });
+                            this.state.set(State::Send {
+                                body,
+                                out,
+                                broken: None,
+                            });
                         }
                         Err(e) => {
                             let status = StatusCode::INTERNAL_SERVER_ERROR;
@@ -483,71 +491,18 @@ where
                         }
                     }
                 }
-                StateProj::Send { mut body, out } => {
-                    // Gather what the body has ready behind the head, then write it in one go.
-                    if let Some(mut live) = body.as_mut().as_pin_mut() {
-                        let mut ended = false;
-                        while this.write.len() < WRITE_CHUNK {
-                            match live.as_mut().poll_frame(cx) {
-                                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                                    Ok(mut data) => {
-                                        let len = data.remaining() as u64;
-                                        match out {
-                                            Out::Length(left) => {
-                                                if len > *left {
-                                                    return fail(ServeErrorKind::ResponseBody(
-                                                        "the body is longer than its content-length"
-                                                            .into(),
-                                                    ));
-                                                }
-                                                *left -= len;
-                                                put(this.write, &mut data);
-                                            }
-                                            Out::Chunked if len > 0 => {
-                                                write_chunk_size(this.write, len);
-                                                put(this.write, &mut data);
-                                                this.write.extend_from_slice(b"\r\n");
-                                            }
-                                            Out::Chunked | Out::Nothing => {}
-                                            Out::Close => put(this.write, &mut data),
-                                        }
-                                    }
-                                    Err(frame) => {
-                                        if let (Out::Chunked, Ok(trailers)) =
-                                            (*out, frame.into_trailers())
-                                        {
-                                            this.write.extend_from_slice(b"0\r\n");
-                                            put_fields(this.write, &trailers);
-                                            this.write.extend_from_slice(b"\r\n");
-                                            *out = Out::Nothing;
-                                        }
-                                    }
-                                },
-                                Poll::Ready(Some(Err(e))) => {
-                                    return fail(ServeErrorKind::ResponseBody(e.into()));
-                                }
-                                Poll::Ready(None) => {
-                                    match *out {
-                                        Out::Length(0) | Out::Nothing | Out::Close => {}
-                                        Out::Length(_) => {
-                                            return fail(ServeErrorKind::ResponseBody(
-                                                "the body is shorter than its content-length"
-                                                    .into(),
-                                            ));
-                                        }
-                                        Out::Chunked => {
-                                            this.write.extend_from_slice(b"0\r\n\r\n");
-                                        }
-                                    }
-                                    ended = true;
-                                    break;
-                                }
-                                Poll::Pending if this.write.is_empty() => return Poll::Pending,
-                                Poll::Pending => break,
-                            }
-                        }
-                        if ended {
-                            body.set(None);
+                StateProj::Send {
+                    mut body,
+                    out,
+                    broken,
+                } => {
+                    // What the body has ready goes behind the head, out in one write.
+                    if let Some(live) = body.as_mut().as_pin_mut() {
+                        match gather(live, out, this.write, cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Gathered::More) => {}
+                            Poll::Ready(Gathered::End) => body.set(None),
+                            Poll::Ready(Gathered::Broken(e)) => *broken = Some(e),
                         }
                     }
                     ready!(poll_write_all(this.writer, this.write, this.written, cx)).map_err(
@@ -555,6 +510,9 @@ where
                             kind: ServeErrorKind::Io(e),
                         },
                     )?;
+                    if let Some(e) = broken.take() {
+                        return fail(ServeErrorKind::ResponseBody(e));
+                    }
                     if body.is_none() {
                         // All written: the next request, or the end.
                         let keep = !this.current.close && !*this.shutting_down;
@@ -610,6 +568,81 @@ where
             }
         }
     }
+}
+
+/// What [`gather`] got from a response body.
+enum Gathered {
+    /// Frames, and maybe more to come.
+    More,
+    /// The end (the chunked body's last chunk is written).
+    End,
+    /// The body failed, or broke its length: write what came before, then close.
+    Broken(BoxError),
+}
+
+/// Frames `body` has ready, framed by `out` into `write`, up to [`WRITE_CHUNK`]; pending
+/// only if it had nothing at all.
+fn gather<B>(
+    mut body: Pin<&mut B>,
+    out: &mut Out,
+    write: &mut Vec<u8>,
+    cx: &mut Context<'_>,
+) -> Poll<Gathered>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    while write.len() < WRITE_CHUNK {
+        let frame = match body.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Gathered::Broken(e.into())),
+            Poll::Ready(None) => {
+                return Poll::Ready(match *out {
+                    Out::Length(0) | Out::Nothing | Out::Close => Gathered::End,
+                    Out::Length(_) => {
+                        Gathered::Broken("the body is shorter than its content-length".into())
+                    }
+                    Out::Chunked => {
+                        write.extend_from_slice(b"0\r\n\r\n");
+                        Gathered::End
+                    }
+                });
+            }
+            Poll::Pending if write.is_empty() => return Poll::Pending,
+            Poll::Pending => break,
+        };
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let (Out::Chunked, Ok(trailers)) = (*out, frame.into_trailers()) {
+                    write.extend_from_slice(b"0\r\n");
+                    put_fields(write, &trailers);
+                    write.extend_from_slice(b"\r\n");
+                    *out = Out::Nothing;
+                }
+                continue;
+            }
+        };
+        let len = data.remaining() as u64;
+        match out {
+            Out::Length(left) if len > *left => {
+                let e = "the body is longer than its content-length";
+                return Poll::Ready(Gathered::Broken(e.into()));
+            }
+            Out::Length(left) => {
+                *left -= len;
+                put(write, &mut data);
+            }
+            Out::Chunked if len > 0 => {
+                write_chunk_size(write, len);
+                put(write, &mut data);
+                write.extend_from_slice(b"\r\n");
+            }
+            Out::Chunked | Out::Nothing => {}
+            Out::Close => put(write, &mut data),
+        }
+    }
+    Poll::Ready(Gathered::More)
 }
 
 fn lock(shared: &Mutex<BodyState>) -> std::sync::MutexGuard<'_, BodyState> {
@@ -827,6 +860,12 @@ fn parse_request(reader: &mut Reader) -> Result<Option<Parsed>, Refusal> {
     let httparse::Status::Complete(len) = status else {
         return Ok(None);
     };
+    if len > MAX_HEAD {
+        return Err((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "the request head exceeds 64 KiB",
+        ));
+    }
     let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes())
         .map_err(|_| bad("invalid method"))?;
     let http10 = parsed.version == Some(0);

@@ -33,6 +33,8 @@ mod polling;
 mod registry;
 #[cfg(feature = "http")]
 mod retry;
+#[cfg(feature = "http")]
+mod server;
 mod support;
 #[cfg(feature = "http")]
 mod timeout;
