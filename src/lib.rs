@@ -66,7 +66,7 @@
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
-//! | `http` | yes | [`http::HttpEndpoints`]: `Balance` endpoints over one shared hyper-util client, or over HTTP/1.1 connections of each endpoint's own driven by the calling task; HTTP status classification |
+//! | `http` | yes | [`http::HttpEndpoints`]: `Balance` endpoints over one shared hyper-util client, or over HTTP/1.1 connections of each endpoint's own driven by the calling task; [`http::Http1Server`], the serving side of HTTP/1.1 with the service run inline; HTTP status classification |
 //! | `serde` | yes | [`mod@config`]: `Deserialize` for every configuration (TOML, YAML, JSON), durations like `"250ms"`, errors that name the field |
 //! | `axum` | no | `seawall::axum`: seawall errors as axum responses, a `HandleErrorLayer` handler |
 //! | `dns` | no | [`discover::dns`]: A/AAAA and SRV discovery (hickory-resolver), looked up again at the records' TTL within bounds |

@@ -8,6 +8,10 @@
 //! about a third fewer instructions per request proxied by the example gateway
 //! ([`Http1Config`] says more). Either way responses come with a [`ResponseBody`].
 //!
+//! For the other side of a proxy, [`Http1Server`] serves HTTP/1.1 connections with a tower
+//! service run inline in each connection's task, the request body read straight from the
+//! connection ([`RequestBody`]); the example gateway is built from both.
+//!
 //! # Examples
 //!
 //! ```no_run
