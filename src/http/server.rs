@@ -1,12 +1,10 @@
 //! The server side of HTTP/1.1 for a proxy: one connection, its service run inline.
 //!
-//! hyper's server connection is general (upgrades, HTTP/1.0 quirks, every body kind) and
-//! reads a request body for the service through a channel fed by the connection. In the
-//! example gateway, hyper's server was about a third of the instructions a proxied request
-//! cost once the client side was seawall's own. [`Http1Server`] does less: it reads a
-//! request head, calls the service in the connection's own task, writes the response as its
-//! body produces it, and hands the service a [`RequestBody`] that reads straight from the
-//! connection.
+//! hyper's server connection is general (upgrades, every body kind, its own timers) and feeds
+//! a request body to the service through a channel from the connection. [`Http1Server`] does
+//! less: it reads a request head, calls the service in the connection's own task, writes the
+//! response head and what its body has ready in one write, and hands the service a
+//! [`RequestBody`] that reads straight from the connection.
 
 use std::fmt;
 use std::future::Future;
@@ -59,9 +57,10 @@ const LINGER_CAP: usize = 1024 * 1024;
 /// the service sees them as plain requests.
 ///
 /// Why not hyper's server: it is general (upgrades, every body kind, its own timers) and feeds
-/// the request body to the service through a channel from the connection; measured in the
-/// example gateway it was about a third of a proxied request's instructions. Use hyper where
-/// you need what it adds.
+/// the request body to the service through a channel from the connection. In the example
+/// gateway, serving with this instead cut a tenth of a proxied request's instructions and
+/// raised its throughput by about 7 % (pinned `wrk`, side by side). Use hyper where you need
+/// what it adds (HTTP/2, upgrades, TLS through its ecosystem).
 ///
 /// # Examples
 ///
