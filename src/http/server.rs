@@ -346,8 +346,8 @@ where
     S: Service<Request<RequestBody>, Response = Response<B>>,
 {
     /// Finishes the request in progress, if any, and closes; an idle connection closes at
-    /// once. The response in progress says `connection: close` if its head is not written
-    /// yet.
+    /// its next poll (keep polling the connection after calling this). The response in
+    /// progress says `connection: close` if its head is not written yet.
     pub fn graceful_shutdown(self: Pin<&mut Self>) {
         *self.project().shutting_down = true;
     }
@@ -367,8 +367,10 @@ where
         if let Some(watch) = this.watch.as_mut() {
             let waiting = matches!(*this.state, State::Head | State::Linger(_));
             if watch.overdue(cx, waiting, *this.requests) {
+                // An idle kept-alive connection closing is no error; part of a head is.
+                let partial = this.reader.as_ref().is_some_and(|r| !r.read.is_empty());
                 return match *this.state {
-                    State::Head => fail(ServeErrorKind::HeadTimeout),
+                    State::Head if partial => fail(ServeErrorKind::HeadTimeout),
                     _ => Poll::Ready(Ok(())),
                 };
             }

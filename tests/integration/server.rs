@@ -430,6 +430,8 @@ async fn the_header_read_timeout_cuts_waiting_connections_and_spares_slow_answer
     let idle = answered.elapsed();
     assert_eq!(rest, "");
     assert!(idle >= timeout && idle <= timeout * 3 / 2, "{idle:?}");
+    // Closing an idle kept-alive connection is no error.
+    assert_eq!(server.ended.recv().await.unwrap(), Ok(()));
 }
 
 #[tokio::test]
