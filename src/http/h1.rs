@@ -53,6 +53,8 @@ pub(crate) struct Conn {
     spans: Vec<Span>,
     /// How much room the next read gets.
     read_chunk: usize,
+    /// Sweeps of its pool this connection has sat idle through.
+    pub(crate) idle_sweeps: u32,
 }
 
 /// A header's name and value as offsets into the response head.
@@ -70,6 +72,7 @@ impl Conn {
             write: Vec::with_capacity(1024),
             spans: Vec::new(),
             read_chunk: READ_CHUNK,
+            idle_sweeps: 0,
         }
     }
 

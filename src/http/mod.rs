@@ -169,8 +169,10 @@ where
     /// # }
     /// ```
     pub fn http1(instance: &Instance, config: Http1Config) -> Self {
-        let pool = Http1Pool::new(instance.addr(), config);
-        Self::with(Transport::Own(Arc::new(pool)), instance)
+        Self::with(
+            Transport::Own(Http1Pool::new(instance.addr(), config)),
+            instance,
+        )
     }
 }
 

@@ -25,10 +25,11 @@ use crate::BoxError;
 /// Settings of the connections an [`HttpEndpoint::http1`](super::HttpEndpoint::http1) opens.
 ///
 /// Plain TCP and HTTP/1.1 only: no TLS, no HTTP/2, no protocol upgrades (use
-/// [`HttpEndpoint::new`](super::HttpEndpoint::new) over a hyper-util client for those). An
-/// idle connection has no timer of its own: it stays until the server closes it (found and
-/// dropped when it would be used, or when it is the oldest as another comes back), the
-/// endpoint leaves discovery, or it is beyond [`max_idle`](Self::max_idle).
+/// [`HttpEndpoint::new`](super::HttpEndpoint::new) over a hyper-util client for those).
+/// Idle connections have no timer each: one sweep per endpoint, every half
+/// [`idle_timeout`](Self::idle_timeout), closes those idle for longer than it and those the
+/// server has closed (so none lingers in `CLOSE_WAIT`); a closed one is also found and
+/// dropped when it would be used. At most [`max_idle`](Self::max_idle) are kept.
 ///
 /// What the connections do on the wire:
 /// - A request body goes out with the `content-length` the request declares, else its exact
@@ -59,14 +60,17 @@ use crate::BoxError;
 pub struct Http1Config {
     connect_timeout: Option<Duration>,
     max_idle: usize,
+    idle_timeout: Option<Duration>,
 }
 
 impl Default for Http1Config {
-    /// A 1 s connect timeout and up to 256 connections kept per instance.
+    /// A 1 s connect timeout, up to 256 connections kept per instance, closed after 90 s
+    /// idle.
     fn default() -> Self {
         Self {
             connect_timeout: Some(Duration::from_secs(1)),
             max_idle: 256,
+            idle_timeout: Some(Duration::from_secs(90)),
         }
     }
 }
@@ -83,6 +87,17 @@ impl Http1Config {
     /// while that many are kept serves its request and closes. Default is 256.
     pub fn max_idle(mut self, connections: usize) -> Self {
         self.max_idle = connections;
+        self
+    }
+
+    /// How long a kept connection may sit unused before it is closed; `None` keeps it until
+    /// the server closes it and it is found closed when it would be used. Enforced by one
+    /// sweep per endpoint every half of it (so a connection goes after between 1 and 1.5
+    /// times `timeout` idle), which also closes the connections the server has closed.
+    /// The sweep runs on the tokio runtime the endpoint is created on (none outside one).
+    /// Default is 90 s; keep it below the instances' own keep-alive timeout.
+    pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.idle_timeout = timeout.into();
         self
     }
 }
@@ -138,13 +153,30 @@ impl fmt::Debug for Http1Pool {
 }
 
 impl Http1Pool {
-    pub(crate) fn new(addr: SocketAddr, config: Http1Config) -> Self {
-        Self {
+    /// A pool for `addr`; with an idle timeout, its sweep starts on the current runtime and
+    /// ends when the pool is dropped.
+    pub(crate) fn new(addr: SocketAddr, config: Http1Config) -> Arc<Self> {
+        let timeout = config.idle_timeout;
+        let pool = Arc::new(Self {
             addr,
             host: HeaderValue::from_str(&addr.to_string()).ok(),
             config,
             idle: Mutex::new(Vec::new()),
+        });
+        if let (Some(timeout), Ok(runtime)) = (timeout, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(sweep(Arc::downgrade(&pool), timeout));
         }
+        pool
+    }
+
+    /// Closes the idle connections the server has closed, and those that have sat through
+    /// `sweeps` sweeps.
+    fn sweep(&self, sweeps: u32) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain_mut(|conn| {
+            conn.idle_sweeps += 1;
+            conn.idle_sweeps < sweeps && conn.is_usable()
+        });
     }
 
     /// Sends `request` on an idle connection, or on a new one, and reads the response head;
@@ -220,6 +252,8 @@ impl Http1Pool {
             idle.remove(0);
         }
         if idle.len() < self.config.max_idle {
+            let mut conn = conn;
+            conn.idle_sweeps = 0;
             idle.push(conn);
         }
     }
@@ -239,5 +273,18 @@ impl Http1Pool {
         .map_err(|e| error(e.into()))?;
         let _ = stream.set_nodelay(true);
         Ok(Conn::new(stream))
+    }
+}
+
+/// Sweeps `pool` every half `timeout` while it lives: a connection found idle by three sweeps
+/// in a row has been idle for between 1 and 1.5 times `timeout`.
+async fn sweep(pool: std::sync::Weak<Http1Pool>, timeout: Duration) {
+    let period = (timeout / 2).max(Duration::from_millis(1));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.sweep(3);
     }
 }

@@ -442,3 +442,89 @@ async fn large_bodies_arrive_intact_by_length_and_chunked() {
         "one kept connection"
     );
 }
+
+/// A server that answers one request per connection with an empty 200, then (if
+/// `half_close`) shuts its side, and reports when the client closed the connection.
+async fn watching_server(
+    half_close: bool,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed, closes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if read_until(&mut stream, &mut buf, b"\r\n\r\n")
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                stream.write_all(answer).await.unwrap();
+                if half_close {
+                    stream.shutdown().await.unwrap();
+                }
+                while fill(&mut stream, &mut buf).await {}
+                let _ = closed.send(());
+            });
+        }
+    });
+    (addr, closes)
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_connections_are_closed_after_the_idle_timeout_and_closed_ones_at_the_next_sweep() {
+    let config = |timeout| Http1Config::default().idle_timeout(timeout);
+    let get = |endpoint: HttpEndpoint<Empty<Bytes>>| async move {
+        let request = http::Request::get("/x").body(Empty::new()).unwrap();
+        let response = endpoint.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+    };
+
+    // Idle for its timeout: closed between 1 and 1.5 times it after its answer.
+    let (addr, mut closes) = watching_server(false).await;
+    let endpoint = HttpEndpoint::http1(
+        &Instance::new("idle", addr),
+        config(Some(Duration::from_secs(2))),
+    );
+    get(endpoint.clone()).await;
+    let answered = tokio::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(60), closes.recv()).await;
+    assert!(closed.is_ok(), "still open after 60 s");
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_secs(2) && idle <= Duration::from_secs(3),
+        "{idle:?}"
+    );
+
+    // Without a timeout it stays.
+    let (addr, mut closes) = watching_server(false).await;
+    let endpoint = HttpEndpoint::http1(&Instance::new("kept", addr), config(None));
+    get(endpoint.clone()).await;
+    let kept = tokio::time::timeout(Duration::from_secs(600), closes.recv()).await;
+    assert!(
+        kept.is_err(),
+        "an idle connection was closed without a timeout"
+    );
+
+    // One the server closed goes at the next sweep (half the 10 s timeout), not in
+    // CLOSE_WAIT until it would be used.
+    let (addr, mut closes) = watching_server(true).await;
+    let endpoint = HttpEndpoint::http1(
+        &Instance::new("closed", addr),
+        config(Some(Duration::from_secs(10))),
+    );
+    get(endpoint.clone()).await;
+    let answered = tokio::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(60), closes.recv()).await;
+    assert!(closed.is_ok(), "still open after 60 s");
+    assert!(
+        answered.elapsed() <= Duration::from_secs(5),
+        "{:?}",
+        answered.elapsed()
+    );
+    drop(endpoint);
+}
