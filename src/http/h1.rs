@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -224,28 +224,15 @@ pub(crate) fn encode_head<B: Body>(
     w.extend_from_slice(path.as_bytes());
     w.extend_from_slice(b" HTTP/1.1\r\n");
     let fields = w.len();
-    let (mut declared, mut has_host, mut close) = (None, false, false);
-    for (name, value) in &parts.headers {
-        // The framing is ours to say, once.
-        if name == CONTENT_LENGTH {
-            if declared.is_none() {
-                declared = Some(value);
-            }
-            continue;
-        }
-        if name == TRANSFER_ENCODING {
-            continue;
-        }
+    let (mut has_host, mut close) = (false, false);
+    let declared = put_fields(w, &parts.headers, |name, value| {
         if name == HOST {
             has_host = true;
         } else if name == CONNECTION {
             close |= says_close(value);
         }
-        w.extend_from_slice(name.as_str().as_bytes());
-        w.extend_from_slice(b": ");
-        w.extend_from_slice(value.as_bytes());
-        w.extend_from_slice(b"\r\n");
-    }
+        true
+    });
     if !has_host {
         if let Some(host) = host {
             // First, where user agents put it.
@@ -287,6 +274,32 @@ pub(crate) fn encode_head<B: Body>(
     }
     w.extend_from_slice(b"\r\n");
     Ok(Encoded { sending, close })
+}
+
+/// Writes `headers` as header fields, but not the framing ones (`content-length`,
+/// `transfer-encoding`), which are the connection's to say, once: returns the first
+/// `content-length` declared. `keep` sees every other field first and says whether it is
+/// written.
+pub(super) fn put_fields<'a>(
+    w: &mut Vec<u8>,
+    headers: &'a HeaderMap,
+    mut keep: impl FnMut(&HeaderName, &HeaderValue) -> bool,
+) -> Option<&'a HeaderValue> {
+    let mut declared = None;
+    for (name, value) in headers {
+        if name == CONTENT_LENGTH {
+            declared = declared.or(Some(value));
+            continue;
+        }
+        if name == TRANSFER_ENCODING || !keep(name, value) {
+            continue;
+        }
+        w.extend_from_slice(name.as_str().as_bytes());
+        w.extend_from_slice(b": ");
+        w.extend_from_slice(value.as_bytes());
+        w.extend_from_slice(b"\r\n");
+    }
+    declared
 }
 
 /// The comma-separated tokens of a header value (`connection`, `transfer-encoding`),
@@ -575,7 +588,7 @@ fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<Head>, Failure>
                 .map_err(|_| Failure::Malformed("invalid header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
                 .map_err(|_| Failure::Malformed("invalid header value"))?;
-            fields.see(&name, &value)?;
+            fields.see(&name, &value).map_err(Failure::Malformed)?;
             map.append(name, value);
         }
         let (framing, keep_alive) = framing(fields, version, status, method);
@@ -603,19 +616,26 @@ pub(super) fn parse_error(e: httparse::Error) -> &'static str {
     }
 }
 
-/// What a response's header fields say about its framing, gathered while they are read.
+/// What a message's header fields say about its framing (and, for a request, its `Host`
+/// and `Expect`), gathered while they are read.
 #[derive(Debug, Default, Clone, Copy)]
-struct Fields {
-    close: bool,
-    keep_alive: bool,
-    transfer_encoding: bool,
+pub(super) struct Fields {
+    pub(super) close: bool,
+    pub(super) keep_alive: bool,
+    pub(super) transfer_encoding: bool,
     /// The last transfer coding is `chunked`.
-    chunked: bool,
-    content_length: Option<u64>,
+    pub(super) chunked: bool,
+    pub(super) content_length: Option<u64>,
+    pub(super) hosts: u32,
+    pub(super) expects_continue: bool,
 }
 
 impl Fields {
-    fn see(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), Failure> {
+    pub(super) fn see(
+        &mut self,
+        name: &HeaderName,
+        value: &HeaderValue,
+    ) -> Result<(), &'static str> {
         if name == CONNECTION {
             self.close |= says_close(value);
             self.keep_alive |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"keep-alive"));
@@ -630,12 +650,16 @@ impl Fields {
                     .ok()
                     .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                     .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or(Failure::Malformed("invalid content-length"))?;
+                    .ok_or("invalid content-length")?;
                 if self.content_length.is_some_and(|l| l != n) {
-                    return Err(Failure::Malformed("conflicting content-length values"));
+                    return Err("conflicting content-length values");
                 }
                 self.content_length = Some(n);
             }
+        } else if name == HOST {
+            self.hosts += 1;
+        } else if name == EXPECT {
+            self.expects_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }
         Ok(())
     }
@@ -988,7 +1012,7 @@ mod tests {
         let f = |h: &[(&'static str, &'static str)], v, s, m| {
             let mut fields = Fields::default();
             for (name, value) in &headers(h) {
-                fields.see(name, value)?;
+                fields.see(name, value).map_err(Failure::Malformed)?;
             }
             Ok::<_, Failure>(framing(fields, v, s, m))
         };

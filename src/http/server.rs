@@ -16,7 +16,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, TRANSFER_ENCODING};
+use http::header::{CONNECTION, DATE};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
@@ -30,8 +30,8 @@ use tower::Service;
 
 use super::BodyError;
 use super::h1::{
-    Chunk, MAX_HEAD, MAX_HEADERS, READ_CHUNK, Step, WRITE_CHUNK, itoa, parse_error, poll_fill,
-    says_close, step_chunked, tokens, write_chunk_size,
+    Chunk, Fields, MAX_HEAD, MAX_HEADERS, READ_CHUNK, Step, WRITE_CHUNK, itoa, parse_error,
+    poll_fill, put_fields, says_close, step_chunked, write_chunk_size,
 };
 use crate::BoxError;
 
@@ -617,7 +617,7 @@ where
             Err(frame) => {
                 if let (Out::Chunked, Ok(trailers)) = (*out, frame.into_trailers()) {
                     write.extend_from_slice(b"0\r\n");
-                    put_fields(write, &trailers);
+                    put_fields(write, &trailers, |_, _| true);
                     write.extend_from_slice(b"\r\n");
                     *out = Out::Nothing;
                 }
@@ -683,15 +683,6 @@ fn put(write: &mut Vec<u8>, data: &mut impl Buf) {
     }
 }
 
-fn put_fields(write: &mut Vec<u8>, fields: &HeaderMap) {
-    for (name, value) in fields {
-        write.extend_from_slice(name.as_str().as_bytes());
-        write.extend_from_slice(b": ");
-        write.extend_from_slice(value.as_bytes());
-        write.extend_from_slice(b"\r\n");
-    }
-}
-
 /// Writes the connection's own answer to a request it refuses, and closes after it.
 fn refuse(write: &mut Vec<u8>, status: StatusCode, why: &str) {
     write.clear();
@@ -724,28 +715,16 @@ fn encode_response<B: Body>(
     write.push(b' ');
     write.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     write.extend_from_slice(b"\r\n");
-    let (mut declared, mut has_date) = (None, false);
-    for (name, value) in &parts.headers {
-        // The framing and the connection's fate are the connection's to say, once.
-        if name == CONTENT_LENGTH {
-            if declared.is_none() {
-                declared = Some(value);
-            }
-            continue;
-        }
-        if name == TRANSFER_ENCODING {
-            continue;
-        }
+    let mut has_date = false;
+    let declared = put_fields(write, &parts.headers, |name, value| {
+        // Whether the connection stays is the connection's to say, once.
         if name == CONNECTION {
             *close |= says_close(value);
-            continue;
+            return false;
         }
         has_date |= name == DATE;
-        write.extend_from_slice(name.as_str().as_bytes());
-        write.extend_from_slice(b": ");
-        write.extend_from_slice(value.as_bytes());
-        write.extend_from_slice(b"\r\n");
-    }
+        true
+    });
     if !has_date {
         write.extend_from_slice(b"date: ");
         date(|now| write.extend_from_slice(now));
@@ -892,16 +871,18 @@ fn parse_request(reader: &mut Reader) -> Result<Option<Parsed>, Refusal> {
         .map_err(|_| bad("invalid request target"))?;
     // Room for the fields a proxy adds (`x-forwarded-for`, …) without growing the map.
     let mut map = HeaderMap::with_capacity(count + 4);
-    let mut fields = RequestFields::default();
+    let mut fields = Fields::default();
     for &(n0, n1, v0, v1) in &reader.spans {
         let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| bad("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
             .map_err(|_| bad("invalid header value"))?;
-        fields.see(&name, &value)?;
+        fields.see(&name, &value).map_err(bad)?;
         map.append(name, value);
     }
-    if !http10 && !fields.host {
-        return Err(bad("an HTTP/1.1 request without Host"));
+    match fields.hosts {
+        0 if !http10 => return Err(bad("an HTTP/1.1 request without Host")),
+        0 | 1 => {}
+        _ => return Err(bad("more than one Host")),
     }
     let body = match (fields.transfer_encoding, fields.content_length) {
         (true, Some(_)) => {
@@ -933,60 +914,13 @@ fn parse_request(reader: &mut Reader) -> Result<Option<Parsed>, Refusal> {
         close,
     };
     let expects_continue =
-        fields.continue_ && !http10 && body != In::Done && reader.read.is_empty();
+        fields.expects_continue && !http10 && body != In::Done && reader.read.is_empty();
     Ok(Some(Parsed {
         request,
         current,
         body,
         expects_continue,
     }))
-}
-
-/// What a request's header fields say about its framing, gathered while they are read.
-#[derive(Debug, Default)]
-struct RequestFields {
-    host: bool,
-    close: bool,
-    keep_alive: bool,
-    continue_: bool,
-    transfer_encoding: bool,
-    chunked: bool,
-    content_length: Option<u64>,
-}
-
-impl RequestFields {
-    fn see(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), Refusal> {
-        let bad = |why| (StatusCode::BAD_REQUEST, why);
-        if name == HOST {
-            if self.host {
-                return Err(bad("more than one Host"));
-            }
-            self.host = true;
-        } else if name == CONNECTION {
-            self.close |= says_close(value);
-            self.keep_alive |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"keep-alive"));
-        } else if name == TRANSFER_ENCODING {
-            self.transfer_encoding = true;
-            self.chunked = tokens(value)
-                .next_back()
-                .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"));
-        } else if name == CONTENT_LENGTH {
-            for part in tokens(value) {
-                let n = std::str::from_utf8(part)
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or(bad("invalid content-length"))?;
-                if self.content_length.is_some_and(|l| l != n) {
-                    return Err(bad("conflicting content-length values"));
-                }
-                self.content_length = Some(n);
-            }
-        } else if name == EXPECT {
-            self.continue_ |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
-        }
-        Ok(())
-    }
 }
 
 /// Where a request body is.
