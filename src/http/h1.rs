@@ -631,6 +631,7 @@ pub(super) struct Fields {
 }
 
 impl Fields {
+    #[inline]
     pub(super) fn see(
         &mut self,
         name: &HeaderName,
