@@ -683,9 +683,9 @@ fn put(write: &mut Vec<u8>, data: &mut impl Buf) {
     }
 }
 
-/// Writes the connection's own answer to a request it refuses, and closes after it.
+/// Writes the connection's own answer to a request it refuses (after anything still owed,
+/// such as a `100 Continue` partly written), and closes after it.
 fn refuse(write: &mut Vec<u8>, status: StatusCode, why: &str) {
-    write.clear();
     write.extend_from_slice(b"HTTP/1.1 ");
     write.extend_from_slice(status.as_str().as_bytes());
     write.push(b' ');
