@@ -261,11 +261,7 @@ pub(crate) fn encode_head<B: Body>(
         },
     };
     match sending {
-        Some(Sending::Length(n)) => {
-            w.extend_from_slice(b"content-length: ");
-            w.extend_from_slice(itoa(n, &mut [0; 20]));
-            w.extend_from_slice(b"\r\n");
-        }
+        Some(Sending::Length(n)) => put_length(w, n),
         Some(Sending::Chunked) => w.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         None if declared == Some(0) || expects_length(&parts.method) => {
             w.extend_from_slice(b"content-length: 0\r\n");
@@ -321,7 +317,14 @@ fn expects_length(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH)
 }
 
-pub(super) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+/// Writes a `content-length` field.
+pub(super) fn put_length(w: &mut Vec<u8>, n: u64) {
+    w.extend_from_slice(b"content-length: ");
+    w.extend_from_slice(itoa(n, &mut [0; 20]));
+    w.extend_from_slice(b"\r\n");
+}
+
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;

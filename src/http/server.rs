@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, DATE};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
@@ -30,8 +30,8 @@ use tower::Service;
 
 use super::BodyError;
 use super::h1::{
-    Chunk, Fields, MAX_HEAD, MAX_HEADERS, READ_CHUNK, Step, WRITE_CHUNK, itoa, parse_error,
-    poll_fill, put_fields, says_close, step_chunked, write_chunk_size,
+    Chunk, Fields, MAX_HEAD, MAX_HEADERS, READ_CHUNK, Step, WRITE_CHUNK, parse_error, poll_fill,
+    put_fields, put_length, says_close, step_chunked, write_chunk_size,
 };
 use crate::BoxError;
 
@@ -632,15 +632,15 @@ where
             }
             Out::Length(left) => {
                 *left -= len;
-                put(write, &mut data);
+                write.put(&mut data);
             }
             Out::Chunked if len > 0 => {
                 write_chunk_size(write, len);
-                put(write, &mut data);
+                write.put(&mut data);
                 write.extend_from_slice(b"\r\n");
             }
             Out::Chunked | Out::Nothing => {}
-            Out::Close => put(write, &mut data),
+            Out::Close => write.put(&mut data),
         }
     }
     Poll::Ready(Gathered::More)
@@ -674,29 +674,25 @@ fn poll_write_all(
     Poll::Ready(Ok(()))
 }
 
-fn put(write: &mut Vec<u8>, data: &mut impl Buf) {
-    while data.has_remaining() {
-        let chunk = data.chunk();
-        write.extend_from_slice(chunk);
-        let n = chunk.len();
-        data.advance(n);
-    }
-}
-
 /// Writes the connection's own answer to a request it refuses (after anything still owed,
 /// such as a `100 Continue` partly written), and closes after it.
 fn refuse(write: &mut Vec<u8>, status: StatusCode, why: &str) {
+    put_status_line(write, status);
+    write.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\n");
+    put_length(write, why.len() as u64 + 1);
+    write.extend_from_slice(b"connection: close\r\n");
+    put_date(write);
+    write.extend_from_slice(b"\r\n");
+    write.extend_from_slice(why.as_bytes());
+    write.push(b'\n');
+}
+
+fn put_status_line(write: &mut Vec<u8>, status: StatusCode) {
     write.extend_from_slice(b"HTTP/1.1 ");
     write.extend_from_slice(status.as_str().as_bytes());
     write.push(b' ');
     write.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    write.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
-    write.extend_from_slice(itoa(why.len() as u64 + 1, &mut [0; 20]));
-    write.extend_from_slice(b"\r\nconnection: close\r\ndate: ");
-    date(|now| write.extend_from_slice(now));
-    write.extend_from_slice(b"\r\n\r\n");
-    write.extend_from_slice(why.as_bytes());
-    write.push(b'\n');
+    write.extend_from_slice(b"\r\n");
 }
 
 /// Writes the response head into `write` (after anything already there) in one pass over
@@ -710,11 +706,7 @@ fn encode_response<B: Body>(
     close: &mut bool,
 ) -> Out {
     let status = parts.status;
-    write.extend_from_slice(b"HTTP/1.1 ");
-    write.extend_from_slice(status.as_str().as_bytes());
-    write.push(b' ');
-    write.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    write.extend_from_slice(b"\r\n");
+    put_status_line(write, status);
     let mut has_date = false;
     let declared = put_fields(write, &parts.headers, |name, value| {
         // Whether the connection stays is the connection's to say, once.
@@ -726,9 +718,7 @@ fn encode_response<B: Body>(
         true
     });
     if !has_date {
-        write.extend_from_slice(b"date: ");
-        date(|now| write.extend_from_slice(now));
-        write.extend_from_slice(b"\r\n");
+        put_date(write);
     }
     let declared = declared.and_then(|value| {
         let text = value.to_str().ok()?.trim();
@@ -782,15 +772,8 @@ fn encode_response<B: Body>(
     out
 }
 
-fn put_length(write: &mut Vec<u8>, n: u64) {
-    write.extend_from_slice(b"content-length: ");
-    write.extend_from_slice(itoa(n, &mut [0; 20]));
-    write.extend_from_slice(b"\r\n");
-}
-
-/// Calls `f` with the current time as an HTTP date, formatted at most once a second per
-/// thread.
-fn date(f: impl FnOnce(&[u8])) {
+/// Writes a `date` field with the current time, formatted at most once a second per thread.
+fn put_date(write: &mut Vec<u8>) {
     use std::cell::RefCell;
     thread_local! {
         static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
@@ -804,7 +787,9 @@ fn date(f: impl FnOnce(&[u8])) {
             *at = second;
             *text = httpdate::fmt_http_date(now);
         }
-        f(text.as_bytes());
+        write.extend_from_slice(b"date: ");
+        write.extend_from_slice(text.as_bytes());
+        write.extend_from_slice(b"\r\n");
     });
 }
 
