@@ -12,7 +12,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -129,6 +129,7 @@ impl Http1Server {
             body: None,
             watch: period.map(|period| Watch {
                 timer: Box::pin(tokio::time::sleep(period)),
+                armed: None,
                 period,
                 seen: 0,
                 idle_checks: 0,
@@ -239,6 +240,9 @@ impl Reader {
 /// The header-read timeout's one timer.
 struct Watch {
     timer: Pin<Box<Sleep>>,
+    /// The waker the timer was last polled with: while the task's waker stays the same and
+    /// the timer has not fired, polling it again would only register the same waker again.
+    armed: Option<Waker>,
     period: Duration,
     /// Request heads read at the last check.
     seen: u64,
@@ -249,6 +253,15 @@ struct Watch {
 impl Watch {
     /// Whether the connection has waited for one head over its time.
     fn overdue(&mut self, cx: &mut Context<'_>, waiting: bool, requests: u64) -> bool {
+        if self
+            .armed
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+            && !self.timer.is_elapsed()
+        {
+            return false;
+        }
+        self.armed = Some(cx.waker().clone());
         while self.timer.as_mut().poll(cx).is_ready() {
             // A check that finds the connection waiting, with a request started or answered
             // since the last check, counts one: the wait began within the last period.
