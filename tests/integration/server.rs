@@ -434,7 +434,9 @@ async fn the_header_read_timeout_cuts_waiting_connections_and_spares_slow_answer
     assert_eq!(server.ended.recv().await.unwrap(), Ok(()));
 }
 
-#[tokio::test]
+// Paused time: the 100 ms wait below ends only once every task is idle, so the slow request
+// has surely reached the service (a real sleep would only hope so).
+#[tokio::test(start_paused = true)]
 async fn graceful_shutdown_finishes_the_request_in_flight_and_closes_idle_connections() {
     let mut server = server(Http1Server::new()).await;
     let mut idle = TcpStream::connect(server.addr).await.unwrap();
