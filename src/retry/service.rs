@@ -155,6 +155,19 @@ struct Policy {
     seeds: SeedSequence,
 }
 
+impl Policy {
+    /// When an attempt made at `now` is to be hedged, if hedging is on and the request may be.
+    fn hedge_at(
+        &self,
+        idempotent: bool,
+        now: tokio::time::Instant,
+    ) -> Option<tokio::time::Instant> {
+        (self.config.hedge_after)
+            .filter(|_| idempotent)
+            .map(|delay| now + delay)
+    }
+}
+
 /// Retries HTTP requests that are safe to retry; see the [module docs](super).
 ///
 /// Every service built from one layer shares its retry budget.
@@ -330,12 +343,7 @@ where
         // The ready service makes this call; a clone makes the retries (tower's pattern).
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
-        let hedge_at = self
-            .policy
-            .config
-            .hedge_after
-            .filter(|_| idempotent)
-            .map(|delay| now + delay);
+        let hedge_at = self.policy.hedge_at(idempotent, now);
         let (future, hedge) = call_attempt(&mut ready, &mut tried, request, now, hedge_at);
         RetryFuture {
             state: State::Calling,
@@ -486,9 +494,7 @@ where
                     ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
                     let request = next_attempt(this.template, *this.deadline);
                     let now = crate::clock::now();
-                    let hedge_at = (this.policy.config.hedge_after)
-                        .filter(|_| *this.idempotent)
-                        .map(|delay| now + delay);
+                    let hedge_at = this.policy.hedge_at(*this.idempotent, now);
                     let (future, hedge) =
                         call_attempt(this.service, this.tried, request, now, hedge_at);
                     this.first.set(Some(future));
