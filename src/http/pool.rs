@@ -244,7 +244,7 @@ impl Http1Pool {
     }
 
     /// Keeps a connection whose exchange ended cleanly, unless enough are kept.
-    pub(crate) fn keep(&self, conn: Conn) {
+    pub(crate) fn keep(&self, mut conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         // The coldest connection is looked at once per return, so one the server closed
         // long ago does not hold its socket until every warmer one is gone.
@@ -252,7 +252,6 @@ impl Http1Pool {
             idle.remove(0);
         }
         if idle.len() < self.config.max_idle {
-            let mut conn = conn;
             conn.idle_sweeps = 0;
             idle.push(conn);
         }
